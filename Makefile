@@ -1,0 +1,43 @@
+# make run   - set up .venv and run the tiny curriculum end to end (local Ray, synthetic data) -> out/
+# make test  - set up .venv and run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export PYTHONPATH := $(CURDIR)
+export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO := 0
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: run test bench clean venv system-deps
+
+venv: $(STAMP)
+
+# Reused while pyproject.toml and constraints.txt are unchanged.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	@$(MAKE) --no-print-directory system-deps
+	touch $(STAMP)
+
+# Fonts with Indic scripts for the emergency alert cards (Debian's fonts-noto-core).
+system-deps:
+	@bash scripts/system_deps.sh
+
+run: $(STAMP)
+	$(PY) jobs/curriculum.py --demo --storage out/runs --run-name demo
+	$(PY) jobs/evaluate.py --checkpoint out/runs/demo/final --data out/shards/demo --out out/report
+	@echo "sample video and report in out/"
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf out .pytest_cache build *.egg-info
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,522 @@
+"""One config tree for AIPROD: pydantic models, YAML presets, `key.path=value` overrides.
+
+    cfg = load_config("tiny", ["curriculum.phases.2.lr=3e-5", "train.precision=bf16"])
+    python -m aiprod.config --preset gtx1070 [overrides...]   # resolved YAML
+    python -m aiprod.config --schema                           # JSON schema
+
+Every section forbids unknown keys; errors name the full key path, the bad value and what is
+allowed (`config: curriculum.phases.1.lr must be greater than 0, got -1`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the key path."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class VAEConfig(Section):
+    in_channels: int = Field(3, ge=1)
+    base_channels: int = Field(64, ge=4)
+    channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 4, 4])
+    num_res_blocks: int = Field(2, ge=1)
+    latent_channels: int = Field(16, ge=1)
+    spatial_compression: int = Field(16, ge=1, description="power of two; 2**(levels) downsampling")
+    temporal_compression: int = Field(4, ge=1, description="clips of 1+k*tc frames -> 1+k latents")
+    attention_heads: int = Field(8, ge=1, description="temporal self-attention in the bottleneck")
+    scaling_factor: float = Field(1.0, gt=0, description="latent * scaling_factor ~ unit variance")
+    tile_latent_frames: int = Field(8, ge=1, description="temporal tile for encode/decode")
+    kl_weight: float = Field(1e-6, ge=0)
+    temporal_weight: float = Field(0.1, ge=0, description="temporal smoothness loss weight")
+    perceptual_weight: float = Field(0.1, ge=0)
+    vgg16_weights: str | None = Field(None, description="local VGG16 weights for perceptual loss")
+
+
+class TextConfig(Section):
+    width: int = Field(512, ge=8)
+    depth: int = Field(8, ge=1)
+    heads: int = Field(8, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    max_length: int = Field(256, ge=4, description="tokens, including the two special tokens")
+    on_too_long: Literal["truncate", "error"] = "truncate"
+    terms_file: str | None = Field(None, description="domain-term list; None = packaged list")
+    num_terms: int = Field(500, ge=0)
+
+
+class DenoiserConfig(Section):
+    width: int = Field(768, ge=8)
+    transformer_blocks: int = Field(30, ge=1)
+    cnn_blocks: int = Field(18, ge=0)
+    heads: int = Field(12, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    patch_size: list[int] = Field(default_factory=lambda: [1, 2, 2], description="(t, h, w)")
+    cnn_bottleneck: int = Field(4, ge=1, description="CNN block inner width = width / this")
+    activation_checkpointing: bool = False
+
+
+class ModelConfig(Section):
+    vae: VAEConfig = Field(default_factory=VAEConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    denoiser: DenoiserConfig = Field(default_factory=DenoiserConfig)
+
+
+# -------------------------------------------------------------------------- diffusion
+
+
+class EmergencyPathConfig(Section):
+    steps: int = Field(4, ge=1)
+    guidance: float = Field(3.0, ge=1.0)
+    motion: list[float] = Field(default_factory=lambda: [1.0, 0.0], description="latent px/frame (dx, dy)")
+    cross_frame_attention: bool = True
+
+
+class DiffusionConfig(Section):
+    noise_lambda: float = Field(0.7, ge=0.0, le=1.0, description="λ: base-noise share (VideoFusion)")
+    schedule: Literal["cosine", "scaled_linear"] = "cosine"
+    prediction: Literal["v", "eps"] = "v"
+    train_timesteps: int = Field(1000, ge=2)
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    sample_steps: int = Field(30, ge=1)
+    guidance: float = Field(5.0, ge=1.0)
+    emergency: EmergencyPathConfig = Field(default_factory=EmergencyPathConfig)
+
+
+# ------------------------------------------------------------------------------- data
+
+
+class DataConfig(Section):
+    uri: str | None = Field(None, description="shard dir or s3:// prefix holding index.json")
+    decode_workers: int = Field(2, ge=1, description="parallel decode tasks in Ray Data")
+    decode_threads: int = Field(1, ge=0, description="PyAV decoder threads per clip (0 = auto)")
+    clip_timeout_s: float = Field(30.0, gt=0)
+    shuffle_files: bool = True
+    shuffle_buffer: int = Field(64, ge=0, description="local shuffle buffer (rows); 0 = off")
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    untagged_all_phases: bool = Field(True, description="untagged videos eligible for every phase")
+    start: Literal["random", "center"] = "random"
+    shard_target_mb: float = Field(64.0, gt=0)
+    heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------- curriculum
+
+
+class PhaseConfig(Section):
+    name: str
+    component: Literal["vae", "denoiser"]
+    levels: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], description="data filter")
+    frames: int = Field(9, ge=1)
+    height: int = Field(64, ge=8)
+    width: int = Field(64, ge=8)
+    fps: float = Field(8.0, gt=0)
+    steps: int | None = Field(None, ge=1, description="optimizer steps (exit rule 'steps')")
+    epochs: int | None = Field(None, ge=1, description="passes over the phase data")
+    lr: float = Field(1e-4, gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine floor, fraction of lr")
+    batch_size: int = Field(2, ge=1, description="per worker")
+    grad_accum: int = Field(1, ge=1)
+    warmup_fraction: float | None = Field(0.1, ge=0.0, lt=1.0)
+    warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_fraction")
+    exit: Literal["steps", "epochs", "plateau"] = "steps"
+    patience: int = Field(5, ge=1, description="evaluations without improvement (plateau)")
+    min_delta: float = Field(1e-4, ge=0.0)
+    reduce_on_plateau: bool = False
+    reduce_factor: float = Field(0.5, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _exit_rule_has_its_count(self) -> PhaseConfig:
+        if self.steps is None and self.epochs is None:
+            raise ValueError("a phase needs `steps` or `epochs` (the plateau rule uses them as a cap)")
+        if self.exit == "steps" and self.steps is None:
+            raise ValueError("exit 'steps' needs `steps`")
+        if self.exit == "epochs" and self.epochs is None:
+            raise ValueError("exit 'epochs' needs `epochs`")
+        if any(level not in range(1, 6) for level in self.levels):
+            raise ValueError(f"levels must be within 1..5, got {self.levels}")
+        return self
+
+
+class CurriculumConfig(Section):
+    phases: list[PhaseConfig] = Field(min_length=1)
+    eval_every_steps: int = Field(10, ge=1, description="plateau checks and validation cadence")
+
+
+# --------------------------------------------------------------------------- training
+
+
+class TrainConfig(Section):
+    workers: int | Literal["auto"] = "auto"
+    use_gpu: bool | Literal["auto"] = "auto"
+    cpus_per_worker: float = Field(1.0, gt=0)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    grad_clip: float = Field(1.0, ge=0.0)
+    optimizer: Literal["adamw"] = "adamw"
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = Field(0.01, ge=0.0)
+    activation_checkpointing: bool = False
+    tf32: bool = True
+    compile: bool = False
+    seed: int = 0
+    progress_every_s: float = Field(5.0, gt=0)
+    max_failures: int = Field(2, ge=0)
+    nan_rollback_after: int = Field(3, ge=1, description="K non-finite losses in a row -> rollback")
+    nan_lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    small_gpu_gib: float = Field(12.0, gt=0, description="one GPU below this -> gtx1070 profile")
+    storage: str = Field("out/runs", description="run outputs root, local or s3://")
+    sample_prompt: str = "a red circle moving right"
+    init_from: str | None = Field(None, description="checkpoint dir whose weights start the run")
+
+
+class CheckpointConfig(Section):
+    every_steps: int = Field(50, ge=1)
+    num_to_keep: int = Field(3, ge=1)
+    verify: bool = True
+
+
+# ------------------------------------------------------------------------ eval / registry
+
+
+class EvalConfig(Section):
+    num_samples: int = Field(8, ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3])
+    steps: int = Field(20, ge=1)
+    i3d_weights: str | None = Field(None, description="local I3D weights -> real FVD")
+    gates: dict[str, float] = Field(
+        default_factory=lambda: {"psnr_min": 12.0, "temporal_coherence_min": 0.5},
+        description="release gates: '<metric>_min' / '<metric>_max' thresholds",
+    )
+
+
+class RegistryConfig(Section):
+    root: str = Field("out/registry", description="local dir or s3:// prefix")
+
+
+# ------------------------------------------------------------------------------- tune
+
+
+class SearchDim(Section):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchDim:
+        if not self.low < self.high:
+            raise ValueError(f"low must be < high, got low={self.low} high={self.high}")
+        return self
+
+
+class TuneConfig(Section):
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int | Literal["auto"] = "auto"
+    seed: int = 0
+    phase: int = Field(1, ge=0, description="curriculum phase index a trial trains")
+    end_phase: int | None = Field(None, ge=0)
+    space: dict[str, SearchDim] = Field(
+        default_factory=lambda: {
+            "lr": SearchDim(low=1e-5, high=1e-3, log=True),
+            "diffusion.noise_lambda": SearchDim(low=0.6, high=0.85),
+        },
+        description="'lr' scales the trained phases' lr; other keys are config paths",
+    )
+    metric: str = "val_objective"
+    mode: Literal["min", "max"] = "min"
+    report_every_steps: int = Field(5, ge=1)
+    grace_period: int = Field(1, ge=1, description="ASHA: reports before a trial may stop")
+    reduction_factor: float = Field(2.0, gt=1.0)
+    workers_per_trial: int = Field(1, ge=1)
+
+
+# ------------------------------------------------------------------------------ serve
+
+
+class AutoscalingConfig(Section):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(2.0, ge=0)
+    downscale_delay_s: float = Field(10.0, ge=0)
+
+
+class DeploymentConfig(Section):
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    max_ongoing_requests: int = Field(4, ge=1)
+    max_queued_requests: int = Field(8, ge=-1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class ServeConfig(Section):
+    model: str | None = Field(None, description="registry version, 'production', or checkpoint dir")
+    languages: list[str] = Field(default_factory=lambda: ["en", "hi", "bn", "ta", "te", "mr"])
+    max_prompt_chars: int = Field(500, ge=1)
+    max_duration_s: float = Field(10.0, gt=0)
+    max_width: int = Field(1024, ge=8)
+    max_height: int = Field(1024, ge=8)
+    max_fps: int = Field(30, ge=1)
+    max_steps: int = Field(100, ge=1)
+    standard_deadline_s: float = Field(120.0, gt=0)
+    emergency_deadline_s: float = Field(60.0, gt=0)
+    emergency_seconds: float = Field(5.0, ge=5.0, description="template video length")
+    api_key_env: str | None = Field(None, description="env var holding the bearer key; None = off")
+    batch_max_size: int = Field(4, ge=1)
+    batch_wait_s: float = Field(0.05, ge=0)
+    standard: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    emergency: DeploymentConfig = Field(default_factory=DeploymentConfig)
+
+
+# ------------------------------------------------------------------------------- root
+
+
+class Config(Section):
+    preset: str = "custom"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    curriculum: CurriculumConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def hash(self) -> str:
+        """Stable sha256 (16 hex) of the resolved values; any changed value changes it."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------- loading / errors
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path} must hold a mapping at the top, got {type(data).__name__}")
+    return data
+
+
+def _source(preset_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    text = str(preset_or_path)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise ConfigError(f"config: file {path} does not exist")
+        data = _read_yaml(path)
+        base = data.pop("base", None)
+        if base is not None:  # a file may extend a preset: `base: tiny`
+            parent, _ = _source(base)
+            return deep_merge(parent, data), path.stem
+        return data, path.stem
+    if text in available_presets():
+        return _read_yaml(PRESET_DIR / f"{text}.yaml"), text
+    close = difflib.get_close_matches(text, available_presets(), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(
+        f"config: no preset named '{text}' (presets: {', '.join(available_presets())}){hint}"
+    )
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_override(tree: dict[str, Any], override: str) -> None:
+    """Set `a.b.2.c=value` in a nested dict/list tree; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"config: override '{override}' must look like key.path=value")
+    path, raw = override.split("=", 1)
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"config: override '{override}' has an empty key path")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path}: value '{raw}' is not valid YAML: {exc}") from exc
+    node: Any = tree
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        where = ".".join(keys[: depth + 1])
+        if isinstance(node, list):
+            if not key.lstrip("-").isdigit():
+                raise ConfigError(f"config: {where}: '{key}' is not a list index")
+            index = int(key)
+            if not -len(node) <= index < len(node):
+                raise ConfigError(
+                    f"config: {where}: index {index} is out of range (list has {len(node)} items)"
+                )
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            parent = ".".join(keys[:depth])
+            raise ConfigError(f"config: {parent} is a value, not a section; cannot set {where}")
+
+
+def _field_names_at(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys of the model that lives at `loc` (for 'did you mean')."""
+    model: Any = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ()) or ()
+        candidates = [ann, *args]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:  # list[Model] / dict[str, Model]
+            inner = [a for c in args for a in getattr(c, "__args__", ())] + list(args)
+            model = next((c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+_UNION_TAG_PREFIXES = ("literal[", "function-", "list[", "dict[", "nullable[", "union[")
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's union-branch tags (`int`, `literal['auto']`) so paths are config keys."""
+    models = {cls.__name__ for cls in Section.__subclasses__()}
+    return tuple(
+        part
+        for part in loc
+        if not (
+            isinstance(part, str)
+            and (part in {"int", "float", "str", "bool", "none"} or part in models
+                 or part.startswith(_UNION_TAG_PREFIXES))
+        )
+    )
+
+
+def _format_error(err: dict[str, Any]) -> tuple[str, str]:
+    loc = _clean_loc(tuple(err["loc"]))
+    path = ".".join(str(p) for p in loc) or "(top)"
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        key = str(err["loc"][-1])
+        close = difflib.get_close_matches(key, _field_names_at(loc), n=1)
+        hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
+        return path, f"is not a known key{hint}"
+    if kind == "missing":
+        return path, "is required"
+    msg = err["msg"].removeprefix("Value error, ")
+    msg = msg[0].lower() + msg[1:]
+    if kind == "value_error":  # our own validators already say what was given
+        return path, msg
+    return path, f"{msg}, got {json.dumps(value, default=str)}"
+
+
+def validate(tree: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        by_path: dict[str, list[str]] = {}
+        for err in exc.errors():
+            path, msg = _format_error(err)
+            by_path.setdefault(path, []).append(msg)
+        lines = [f"config: {path}: {' or '.join(msgs)}" for path, msgs in by_path.items()]
+        lines = [line.replace(": is ", " is ", 1) for line in lines]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(
+    preset_or_path: str | Path = "tiny", overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Load a preset name or YAML path, apply `key.path=value` overrides, validate."""
+    tree, name = _source(preset_or_path)
+    tree.setdefault("preset", name)
+    for override in overrides:
+        apply_override(tree, override)
+    return validate(tree)
+
+
+def load_overrides_file(path: str | Path) -> list[str]:
+    """An overrides file: a YAML mapping of `key.path: value` (as tune/search.py writes best.yaml)."""
+    data = _read_yaml(Path(path))
+    return [f"{key}={json.dumps(value)}" for key, value in data.items()]
+
+
+def schema() -> dict[str, Any]:
+    return Config.model_json_schema()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aiprod.config", description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="tiny", help=f"one of {available_presets()} or a YAML path")
+    parser.add_argument("--config", help="YAML file (may say `base: PRESET`)")
+    parser.add_argument("--schema", action="store_true", help="print the JSON schema and exit")
+    parser.add_argument("--hash", action="store_true", help="print the config hash only")
+    parser.add_argument("overrides", nargs="*", help="key.path=value")
+    args = parser.parse_args(argv)
+    if args.schema:
+        print(json.dumps(schema(), indent=2))
+        return 0
+    try:
+        cfg = load_config(args.config or args.preset, args.overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(cfg.hash() if args.hash else cfg.to_yaml(), end="\n" if args.hash else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
