@@ -1,0 +1,185 @@
+"""MultilingualTextEncoder: byte-level UTF-8 tokens plus domain-term tokens, then a transformer.
+
+No tokenizer to download: any script is its UTF-8 bytes. Terms from a list (emergency and civic
+words in English and Indian languages) become single tokens, matched longest first at word
+boundaries and case-insensitively; everything else falls back to bytes.
+
+Vocabulary: 0 pad, 1 bos, 2 eos, 3..258 bytes, 259.. terms.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from aiprod import storage
+from aiprod.config import TextConfig
+from aiprod.models.layers import MLP, Attention
+
+PAD, BOS, EOS = 0, 1, 2
+BYTE_OFFSET = 3
+TERM_OFFSET = BYTE_OFFSET + 256
+DEFAULT_TERMS = Path(__file__).with_name("terms.txt")
+
+
+def _normalise(text: str) -> str:
+    """NFC, and lowercase where that keeps the length (so match positions stay valid)."""
+    text = unicodedata.normalize("NFC", text)
+    return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+
+
+def _is_word_char(c: str) -> bool:
+    return c.isalnum() or c == "_" or unicodedata.category(c).startswith("M")  # M: Indic vowel signs
+
+
+def load_terms(path: str | None, num_terms: int) -> list[str]:
+    """The first `num_terms` distinct lines of the term list (the packaged one when `path` is None)."""
+    source = str(path) if path else str(DEFAULT_TERMS)
+    terms: list[str] = []
+    for line in storage.read_text(source).splitlines():
+        term = _normalise(line.strip())
+        if term and term not in terms:
+            terms.append(term)
+    if len(terms) < num_terms:
+        raise ValueError(
+            f"model.text.num_terms={num_terms} but the term list {source} has only "
+            f"{len(terms)} distinct terms"
+        )
+    return terms[:num_terms]
+
+
+class ByteTermTokenizer:
+    def __init__(self, terms: list[str], max_length: int, on_too_long: str = "truncate"):
+        if max_length < 2:
+            raise ValueError(f"model.text.max_length must leave room for bos and eos, got {max_length}")
+        self.terms = terms
+        self.max_length = max_length
+        self.on_too_long = on_too_long
+        self.vocab_size = TERM_OFFSET + len(terms)
+        self._trie: dict = {}
+        for index, term in enumerate(terms):
+            node = self._trie
+            for c in term:
+                node = node.setdefault(c, {})
+            node[None] = TERM_OFFSET + index
+
+    def _match(self, text: str, start: int) -> tuple[int, int] | None:
+        """(token, end) of the longest term at `start` that sits on word boundaries."""
+        if start > 0 and _is_word_char(text[start - 1]) and _is_word_char(text[start]):
+            return None
+        node, best = self._trie, None
+        for end in range(start, len(text)):
+            node = node.get(text[end])
+            if node is None:
+                break
+            after_ok = end + 1 == len(text) or not (_is_word_char(text[end]) and _is_word_char(text[end + 1]))
+            if None in node and after_ok:
+                best = (node[None], end + 1)
+        return best
+
+    def encode(self, text: str, index: int = 0) -> list[int]:
+        """Token ids with bos/eos; too long -> truncated (keeping eos) or ValueError, as configured."""
+        text = _normalise(text)
+        ids, i = [BOS], 0
+        while i < len(text):
+            match = self._match(text, i) if self._trie else None
+            if match is not None:
+                ids.append(match[0])
+                i = match[1]
+            else:
+                ids.extend(BYTE_OFFSET + b for b in text[i].encode("utf-8"))
+                i += 1
+        ids.append(EOS)
+        if len(ids) > self.max_length:
+            if self.on_too_long == "error":
+                raise ValueError(
+                    f"text {index} is {len(ids)} tokens long (with bos/eos); model.text.max_length is "
+                    f"{self.max_length} (set model.text.on_too_long=truncate to cut it)"
+                )
+            ids = ids[: self.max_length - 1] + [EOS]
+        return ids
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids [B, L] long (padded with 0) and mask [B, L] bool (True = token); L = longest text."""
+        if isinstance(texts, str):
+            raise TypeError("tokenize expects a list of strings, got one str")
+        encoded = [self.encode(text, i) for i, text in enumerate(texts)]
+        length = max((len(e) for e in encoded), default=2)
+        ids = torch.full((len(encoded), length), PAD, dtype=torch.long)
+        for row, e in enumerate(encoded):
+            ids[row, : len(e)] = torch.tensor(e, dtype=torch.long)
+        return ids, ids != PAD
+
+    def decode(self, ids: list[int]) -> str:
+        """Text back from ids (terms come back lowercased); for debugging and tests."""
+        out, pending = [], bytearray()
+        for i in ids:
+            if BYTE_OFFSET <= i < TERM_OFFSET:
+                pending.append(i - BYTE_OFFSET)
+                continue
+            out.append(pending.decode("utf-8", errors="replace"))
+            pending = bytearray()
+            if i >= TERM_OFFSET:
+                out.append(self.terms[i - TERM_OFFSET])
+        out.append(pending.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+
+class TextBlock(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, mlp_ratio)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), attn_mask=attn_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class MultilingualTextEncoder(nn.Module):
+    """tokenize(list[str]) -> (ids, mask); forward(ids, mask) -> [B, L, width]."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.cfg = cfg
+        terms = load_terms(cfg.terms_file, cfg.num_terms)
+        self.tokenizer = ByteTermTokenizer(terms, cfg.max_length, cfg.on_too_long)
+        self.width = cfg.width
+        self.embed = nn.Embedding(self.tokenizer.vocab_size, cfg.width)
+        self.pos = nn.Parameter(torch.randn(cfg.max_length, cfg.width) * 0.02)
+        self.blocks = nn.ModuleList(TextBlock(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.width)
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokenizer(texts)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if ids.ndim != 2 or mask.shape != ids.shape:
+            raise ValueError(
+                f"text encoder expects ids and mask [B, L], got {tuple(ids.shape)} and {tuple(mask.shape)}"
+            )
+        if ids.shape[1] > self.cfg.max_length:
+            raise ValueError(
+                f"text encoder got {ids.shape[1]} tokens; model.text.max_length is {self.cfg.max_length}"
+            )
+        x = self.embed(ids) + self.pos[: ids.shape[1]]
+        # Rows with no tokens at all would give NaN attention; let them attend to everything.
+        keys = mask | ~mask.any(dim=1, keepdim=True)
+        attn_mask = keys[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.norm(x)
+
+    def encode(
+        self, texts: list[str], device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Convenience: texts -> (features [B, L, width], mask [B, L]) on `device`."""
+        ids, mask = self.tokenize(texts)
+        device = device or next(self.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
+        return self(ids, mask), mask
