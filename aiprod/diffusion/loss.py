@@ -1,0 +1,69 @@
+"""The denoiser's training objective, shared by the training loop and tune.
+
+Frozen VAE encode -> scaled latents -> decomposed noise at a uniform timestep -> MSE between the
+denoiser's output and the schedule's target (v or eps). Captions are dropped with probability
+`diffusion.caption_dropout` so the unconditional branch that CFG needs is learnt too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from aiprod.config import DiffusionConfig
+from aiprod.diffusion.noise import decomposed_noise, randn
+from aiprod.diffusion.schedule import NoiseSchedule
+
+if TYPE_CHECKING:
+    from aiprod.models import VideoModel
+
+
+def drop_captions(captions: list[str], p: float, generator: torch.Generator | None = None) -> list[str]:
+    """Each caption becomes "" (the unconditional input) with probability p."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"caption dropout (diffusion.caption_dropout) must be within [0, 1], got {p}")
+    device = generator.device if generator is not None else None
+    drop = torch.rand(len(captions), generator=generator, device=device)
+    return ["" if d else c for c, d in zip(captions, (drop < p).tolist())]
+
+
+@torch.no_grad()
+def encode_latents(model: VideoModel, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Frozen VAE: a posterior sample of video [B,3,T,H,W] in [-1,1], times the scaling factor."""
+    posterior = model.vae.encode(video)
+    eps = randn(posterior.mean.shape, generator, posterior.mean.device, posterior.mean.dtype)
+    return (posterior.mean + posterior.std * eps) * model.vae.scaling_factor
+
+
+def diffusion_loss(
+    model: VideoModel,
+    video: torch.Tensor,
+    captions: list[str],
+    schedule: NoiseSchedule,
+    cfg: DiffusionConfig,
+    generator: torch.Generator | None = None,
+    *,
+    timesteps: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scalar MSE loss for one batch. `timesteps` [B] / `noise` (latent-shaped) fix the random
+    draws (for tests and validation at fixed noise levels); by default both are sampled."""
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise ValueError(f"diffusion_loss: video must be [B, 3, T, H, W] in [-1, 1], got {tuple(video.shape)}")
+    if len(captions) != video.shape[0]:
+        raise ValueError(f"diffusion_loss: {len(captions)} captions for a batch of {video.shape[0]} videos")
+    latents = encode_latents(model, video, generator)
+    batch, device = latents.shape[0], latents.device
+    text, mask = model.text.encode(drop_captions(captions, cfg.caption_dropout, generator), device)
+    if noise is None:
+        noise = decomposed_noise(latents.shape, cfg.noise_lambda, generator, device, latents.dtype)
+    elif noise.shape != latents.shape:
+        raise ValueError(f"diffusion_loss: noise shape {tuple(noise.shape)} != latent shape {tuple(latents.shape)}")
+    if timesteps is None:
+        timesteps = schedule.sample_timesteps(batch, generator, device)
+    timesteps = timesteps.to(device)
+    noisy = schedule.add_noise(latents, noise, timesteps)
+    out = model.denoiser(noisy, timesteps.float(), text, mask)
+    return F.mse_loss(out.float(), schedule.target(latents, noise, timesteps).float())

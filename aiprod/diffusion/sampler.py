@@ -1,0 +1,184 @@
+"""DDIM sampling (eta = 0) with classifier-free guidance, and the emergency fast path.
+
+A `denoise` function has the HybridBackbone signature
+`denoise(x [B,C,t,h,w], timesteps [B] float, text [B,L,D], text_mask [B,L], cross_frame=False)`
+and returns the model output (v or eps, as the schedule says); pass `model.denoiser` itself.
+
+Emergency path (Text2Video-Zero style): sample the first latent frame alone in a few steps, build
+every frame from it by a global translation (frame k moves k·(dx, dy) latent pixels), re-noise the
+warped clip lightly and denoise it with cross-frame attention to frame 1. Same weights throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from aiprod.config import DiffusionConfig
+from aiprod.diffusion.noise import decomposed_noise
+from aiprod.diffusion.schedule import NoiseSchedule
+
+DenoiseFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TextCondition:
+    """Encoded text for the denoiser: features [B, L, D] and mask [B, L] (True = token)."""
+
+    features: torch.Tensor
+    mask: torch.Tensor
+
+    def expand(self, batch: int) -> TextCondition:
+        if self.features.shape[0] == batch:
+            return self
+        if self.features.shape[0] != 1:
+            raise ValueError(f"text condition has batch {self.features.shape[0]}, cannot match batch {batch}")
+        return TextCondition(
+            self.features.expand(batch, -1, -1), self.mask.expand(batch, -1)
+        )
+
+
+def _pad_to(cond: TextCondition, length: int) -> TextCondition:
+    extra = length - cond.features.shape[1]
+    if extra == 0:
+        return cond
+    return TextCondition(F.pad(cond.features, (0, 0, 0, extra)), F.pad(cond.mask, (0, extra), value=False))
+
+
+def guided_prediction(
+    denoise: DenoiseFn,
+    x: torch.Tensor,
+    t: int,
+    cond: TextCondition,
+    uncond: TextCondition | None,
+    guidance: float,
+    cross_frame: bool = False,
+) -> torch.Tensor:
+    """out_u + g·(out_c - out_u). With g == 1 (or no uncond) this is one conditional forward pass."""
+    batch = x.shape[0]
+    cond = cond.expand(batch)
+    if guidance == 1.0 or uncond is None:
+        timesteps = torch.full((batch,), float(t), device=x.device)
+        return denoise(x, timesteps, cond.features, cond.mask, cross_frame=cross_frame).to(x.dtype)
+    uncond = uncond.expand(batch)
+    length = max(cond.features.shape[1], uncond.features.shape[1])
+    cond, uncond = _pad_to(cond, length), _pad_to(uncond, length)
+    timesteps = torch.full((2 * batch,), float(t), device=x.device)
+    out = denoise(
+        torch.cat([x, x]),
+        timesteps,
+        torch.cat([uncond.features, cond.features]),
+        torch.cat([uncond.mask, cond.mask]),
+        cross_frame=cross_frame,
+    ).to(x.dtype)
+    out_uncond, out_cond = out.chunk(2)
+    return out_uncond + guidance * (out_cond - out_uncond)
+
+
+def ddim_sample(
+    denoise: DenoiseFn,
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    cond: TextCondition,
+    uncond: TextCondition | None = None,
+    guidance: float = 1.0,
+    steps: int = 30,
+    start: int | None = None,
+    cross_frame: bool = False,
+) -> torch.Tensor:
+    """Deterministic DDIM from x at timestep `start` (default the noisiest) down to a clean x0."""
+    timesteps = schedule.ddim_timesteps(steps, start)
+    for i, t in enumerate(timesteps):
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        out = guided_prediction(denoise, x, t, cond, uncond, guidance, cross_frame)
+        x0, eps = schedule.predict_x0_eps(out, x, t)
+        a_prev = schedule.alpha_bar(t_prev, x).to(x.dtype)
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    return x
+
+
+def sample(
+    denoise: DenoiseFn,
+    schedule: NoiseSchedule,
+    shape: Sequence[int],
+    cond: TextCondition,
+    uncond: TextCondition | None,
+    cfg: DiffusionConfig,
+    generator: torch.Generator | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The standard path: decomposed starting noise (λ = cfg.noise_lambda), then DDIM."""
+    noise = decomposed_noise(shape, cfg.noise_lambda, generator, device)
+    return ddim_sample(
+        denoise,
+        schedule,
+        noise,
+        cond,
+        uncond,
+        cfg.guidance if guidance is None else guidance,
+        cfg.sample_steps if steps is None else steps,
+    )
+
+
+# ---------------------------------------------------------------------------- emergency
+
+
+def translate(x: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
+    """Shift the last two dims (h, w) by (dy, dx) pixels with wrap-around; a fractional shift
+    blends the two neighbouring whole shifts (bilinear interpolation on a torus)."""
+    out = x
+    for shift, dim in ((dx, -1), (dy, -2)):
+        whole = math.floor(shift)
+        frac = shift - whole
+        rolled = torch.roll(out, shifts=whole, dims=dim)
+        out = rolled if frac == 0 else (1 - frac) * rolled + frac * torch.roll(out, shifts=whole + 1, dims=dim)
+    return out
+
+
+def warp_first_frame(first: torch.Tensor, frames: int, motion: Sequence[float]) -> torch.Tensor:
+    """[B,C,1,h,w] -> [B,C,frames,h,w]; frame k is the first frame translated by k·(dx, dy)."""
+    if first.ndim != 5 or first.shape[2] != 1:
+        raise ValueError(f"warp_first_frame expects [B, C, 1, h, w], got {tuple(first.shape)}")
+    if len(motion) != 2:
+        raise ValueError(f"diffusion.emergency.motion must be (dx, dy), got {list(motion)}")
+    dx, dy = float(motion[0]), float(motion[1])
+    return torch.cat([translate(first, k * dx, k * dy) for k in range(frames)], dim=2)
+
+
+def emergency_sample(
+    denoise: DenoiseFn,
+    schedule: NoiseSchedule,
+    shape: Sequence[int],
+    cond: TextCondition,
+    uncond: TextCondition | None,
+    cfg: DiffusionConfig,
+    generator: torch.Generator | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Latents [B,C,t,h,w] from the fast path (see the module docstring); `steps` model calls on
+    the first frame, then at most `steps` on the whole clip."""
+    fast = cfg.emergency
+    steps = fast.steps if steps is None else steps
+    guidance = fast.guidance if guidance is None else guidance
+    batch, channels, frames, height, width = (int(n) for n in shape)
+    first_noise = decomposed_noise((batch, channels, 1, height, width), cfg.noise_lambda, generator, device)
+    first = ddim_sample(denoise, schedule, first_noise, cond, uncond, guidance, steps)
+    clip = warp_first_frame(first, frames, fast.motion)
+    if frames == 1 or fast.renoise == 0:
+        return clip
+    start = round(fast.renoise * (schedule.train_timesteps - 1))
+    noise = decomposed_noise(shape, cfg.noise_lambda, generator, device)
+    t = torch.full((batch,), start, dtype=torch.long)
+    noisy = schedule.add_noise(clip, noise, t)
+    return ddim_sample(
+        denoise, schedule, noisy, cond, uncond, guidance, steps, start=start,
+        cross_frame=fast.cross_frame_attention,
+    )

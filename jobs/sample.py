@@ -1,0 +1,63 @@
+"""Generate one video from a weights directory (thin CLI over aiprod.diffusion.pipeline).
+
+    python jobs/sample.py --checkpoint out/registry/pib-videogen-... --prompt "a red circle moving right" \
+        --out out/sample.mp4 --seconds 2 --fps 8 --height 64 --width 64 --seed 0 [--mode emergency]
+
+Prints one JSON line: {"out", "frames", "height", "width", "fps", "mode", "version", "seconds_taken"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aiprod.diffusion.pipeline import MODES, CheckpointError, VideoPipeline  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="dir or s3:// prefix with model.safetensors + config.yaml")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, help="output .mp4 path")
+    p.add_argument("--language", default="en")
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="sampler steps (default: diffusion.sample_steps / emergency.steps)")
+    p.add_argument("--guidance", type=float, help="CFG scale (default: diffusion.guidance / emergency.guidance)")
+    p.add_argument("--mode", choices=MODES, default="standard")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    try:
+        pipe = VideoPipeline.from_checkpoint(args.checkpoint, device=args.device)
+        frames = pipe.generate(
+            args.prompt, args.language, args.seconds, args.fps, args.height, args.width, args.seed,
+            steps=args.steps, guidance=args.guidance, mode=args.mode,
+        )
+    except (CheckpointError, ValueError) as exc:
+        print(f"sample: {exc}", file=sys.stderr)
+        return 2
+    pipe.write_mp4(frames, args.out, args.fps)
+    print(json.dumps({
+        "out": args.out, "frames": int(frames.shape[0]), "height": int(frames.shape[1]),
+        "width": int(frames.shape[2]), "fps": args.fps, "mode": args.mode, "version": pipe.version,
+        "seconds_taken": round(time.monotonic() - started, 2),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
