@@ -44,6 +44,8 @@ class VAEConfig(Section):
     spatial_compression: int = Field(16, ge=1, description="power of two; 2**(levels) downsampling")
     temporal_compression: int = Field(4, ge=1, description="clips of 1+k*tc frames -> 1+k latents")
     attention_heads: int = Field(8, ge=1, description="temporal self-attention in the bottleneck")
+    decoder_res_blocks: int | None = Field(None, ge=1, description="per level; None = num_res_blocks+1")
+    norm_groups: int = Field(32, ge=1, description="GroupNorm groups (largest divisor of channels <= this)")
     scaling_factor: float = Field(1.0, gt=0, description="latent * scaling_factor ~ unit variance")
     tile_latent_frames: int = Field(8, ge=1, description="temporal tile for encode/decode")
     kl_weight: float = Field(1e-6, ge=0)
@@ -71,6 +73,10 @@ class DenoiserConfig(Section):
     mlp_ratio: float = Field(4.0, gt=0)
     patch_size: list[int] = Field(default_factory=lambda: [1, 2, 2], description="(t, h, w)")
     cnn_bottleneck: int = Field(4, ge=1, description="CNN block inner width = width / this")
+    cnn_kernel: int = Field(3, ge=1, description="3D conv kernel of the CNN blocks (odd)")
+    norm_groups: int = Field(32, ge=1, description="GroupNorm groups in CNN blocks")
+    rope_theta: float = Field(10000.0, gt=1.0, description="3D RoPE base frequency")
+    timestep_freq_dim: int = Field(256, ge=2, description="sinusoidal timestep embedding size")
     activation_checkpointing: bool = False
 
 
@@ -88,6 +94,9 @@ class EmergencyPathConfig(Section):
     guidance: float = Field(3.0, ge=1.0)
     motion: list[float] = Field(default_factory=lambda: [1.0, 0.0], description="latent px/frame (dx, dy)")
     cross_frame_attention: bool = True
+    renoise: float = Field(
+        0.3, ge=0.0, lt=1.0, description="fraction of the schedule the warped frames are re-noised to"
+    )
 
 
 class DiffusionConfig(Section):
@@ -95,6 +104,9 @@ class DiffusionConfig(Section):
     schedule: Literal["cosine", "scaled_linear"] = "cosine"
     prediction: Literal["v", "eps"] = "v"
     train_timesteps: int = Field(1000, ge=2)
+    beta_start: float = Field(0.00085, gt=0.0, lt=1.0, description="scaled_linear: first beta")
+    beta_end: float = Field(0.012, gt=0.0, lt=1.0, description="scaled_linear: last beta")
+    cosine_offset: float = Field(0.008, gt=0.0, description="cosine: small offset s (Nichol & Dhariwal)")
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
     sample_steps: int = Field(30, ge=1)
     guidance: float = Field(5.0, ge=1.0)
@@ -117,6 +129,17 @@ class DataConfig(Section):
     shard_target_mb: float = Field(64.0, gt=0)
     heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
+    shard_workers: int = Field(0, ge=0, description="make_shards processes; 0 = all cores")
+    shard_max_side: int | None = Field(None, ge=16, description="make_shards re-encodes longer sides to this")
+    encode_crf: int = Field(23, ge=0, le=51, description="H.264 quality for clips make_shards encodes")
+    encode_preset: str = Field("veryfast", description="x264 preset for clips make_shards encodes")
+    video_extensions: list[str] = Field(
+        default_factory=lambda: [".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"],
+        description="files make_shards --videos picks up",
+    )
+    read_workers: int = Field(2, ge=1, description="concurrent shard-reading tasks in Ray Data")
+    decode_batch_size: int = Field(4, ge=1, description="clips per decode call (map_batches)")
+    bad_keys_reported: int = Field(5, ge=1, description="bad sample keys named in the error")
 
 
 # ------------------------------------------------------------------------- curriculum
@@ -168,6 +191,7 @@ class CurriculumConfig(Section):
 class TrainConfig(Section):
     workers: int | Literal["auto"] = "auto"
     use_gpu: bool | Literal["auto"] = "auto"
+    cpu_workers: int = Field(2, ge=1, description="workers=auto on a cluster without GPUs")
     cpus_per_worker: float = Field(1.0, gt=0)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     zero_stage: Literal[0, 1, 2, 3] = 2
@@ -189,12 +213,15 @@ class TrainConfig(Section):
     storage: str = Field("out/runs", description="run outputs root, local or s3://")
     sample_prompt: str = "a red circle moving right"
     init_from: str | None = Field(None, description="checkpoint dir whose weights start the run")
+    contact_sheet_frames: int = Field(8, ge=1, description="frames per phase-end contact sheet")
+    demo_clips: int = Field(200, ge=8, description="--demo: synthetic clips built when --data is not given")
 
 
 class CheckpointConfig(Section):
     every_steps: int = Field(50, ge=1)
     num_to_keep: int = Field(3, ge=1)
     verify: bool = True
+    keep_best: bool = Field(True, description="best-loss weights per phase under RUN/best/")
 
 
 # ------------------------------------------------------------------------ eval / registry
@@ -209,10 +236,28 @@ class EvalConfig(Section):
         default_factory=lambda: {"psnr_min": 12.0, "temporal_coherence_min": 0.5},
         description="release gates: '<metric>_min' / '<metric>_max' thresholds",
     )
+    levels: list[int] = Field(default_factory=lambda: [1, 2], description="synthetic prompt levels judged")
+    languages: list[str] | None = Field(None, description="prompt languages; None = every caption language")
+    prompt_seed: int = Field(1_000_000, ge=0, description="first seed of the synthetic prompt/reference clips")
+    frames: int | None = Field(None, ge=1, description="clip size; None = the last curriculum phase's")
+    height: int | None = Field(None, ge=8)
+    width: int | None = Field(None, ge=8)
+    fps: float | None = Field(None, gt=0)
+    heldout_clips: int = Field(8, ge=1, description="held-out clips for VAE reconstruction and FD")
+    psnr_cap: float = Field(100.0, gt=0, description="dB reported when frames are identical (PSNR = inf)")
+    coherence_grid: int = Field(16, ge=1, description="temporal coherence: frames pooled to grid x grid")
+    sheet_frames: int = Field(8, ge=1, description="frames per contact-sheet row")
+    sheet_frame_px: int = Field(96, ge=8, description="contact-sheet frame height in pixels")
 
 
 class RegistryConfig(Section):
     root: str = Field("out/registry", description="local dir or s3:// prefix")
+    model_types: list[str] = Field(default_factory=lambda: ["standard", "emergency"])
+    specializations: list[str] = Field(
+        default_factory=lambda: ["general", "emergency", "regional-*"], description="fnmatch patterns"
+    )
+    cache_dir: str = Field("~/.cache/aiprod/registry", description="local copies of s3:// versions")
+    lock_timeout_s: float = Field(60.0, gt=0, description="wait for the registry lock before failing")
 
 
 # ------------------------------------------------------------------------------- tune
@@ -241,14 +286,19 @@ class TuneConfig(Section):
             "lr": SearchDim(low=1e-5, high=1e-3, log=True),
             "diffusion.noise_lambda": SearchDim(low=0.6, high=0.85),
         },
-        description="'lr' scales the trained phases' lr; other keys are config paths",
+        description="'lr': the tuned phase's lr (later tuned phases keep their ratio); other keys are config paths",
     )
     metric: str = "val_objective"
     mode: Literal["min", "max"] = "min"
-    report_every_steps: int = Field(5, ge=1)
+    report_every_steps: int = Field(5, ge=1, description="a checkpoint + validation figure every N steps")
+    trial_steps: int | None = Field(None, ge=1, description="cap each tuned phase's steps in a trial")
     grace_period: int = Field(1, ge=1, description="ASHA: reports before a trial may stop")
     reduction_factor: float = Field(2.0, gt=1.0)
     workers_per_trial: int = Field(1, ge=1)
+    importance_min_trials: int = Field(4, ge=2, description="finished trials needed for param importances")
+    val_clips: int = Field(4, ge=2, description="held-out clips the objective compares generated ones with")
+    driver_cpus: float = Field(0.0, ge=0, description="CPUs reserved for each trial's driver")
+    tpe_startup_trials: int | None = Field(None, ge=1, description="random trials before TPE; None = half, <= 10")
 
 
 # ------------------------------------------------------------------------------ serve
@@ -260,6 +310,14 @@ class AutoscalingConfig(Section):
     target_ongoing_requests: float = Field(2.0, gt=0)
     upscale_delay_s: float = Field(2.0, ge=0)
     downscale_delay_s: float = Field(10.0, ge=0)
+    metrics_interval_s: float = Field(2.0, gt=0, description="how often replicas report load")
+    look_back_period_s: float = Field(10.0, gt=0, description="window the load is averaged over")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")
+        return self
 
 
 class DeploymentConfig(Section):
@@ -268,6 +326,41 @@ class DeploymentConfig(Section):
     max_queued_requests: int = Field(8, ge=-1)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    graceful_shutdown_timeout_s: float = Field(30.0, ge=0, description="drain time before a replica stops")
+
+
+class ABConfig(Section):
+    version: str = Field(description="arm b: registry version, 'production', or checkpoint dir")
+    fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of requests (by request hash) sent to arm b")
+
+
+class FaultConfig(Section):
+    """Faults injected on purpose (drills, tests); read live by the generator replicas."""
+
+    emergency_model_delay_s: float = Field(0.0, ge=0, description="sleep before each emergency model call")
+    emergency_model_fail: bool = Field(False, description="every emergency model call raises")
+    standard_model_delay_s: float = Field(0.0, ge=0, description="sleep before each standard model call")
+    standard_model_fail: bool = Field(False, description="every standard model call raises")
+
+
+class TemplateConfig(Section):
+    """The no-model alert renderer (aiprod.emergency)."""
+
+    width: int = Field(640, ge=64)
+    height: int = Field(360, ge=64)
+    fps: int = Field(12, ge=1)
+    font_dir: str = Field("/usr/share/fonts/truetype/noto", description="Noto fonts (scripts/system_deps.sh)")
+    templates_dir: str | None = Field(None, description="template data files; None = aiprod/emergency/templates")
+    min_font_px: int = Field(10, ge=4, description="text shrinks to fit its box down to this size")
+    crf: int = Field(26, ge=0, le=51, description="H.264 quality (lower = better, bigger)")
+    preset: str = Field("veryfast", description="x264 preset: speed of the encode")
+
+
+def _ingress_defaults() -> DeploymentConfig:
+    # The ingress only routes and renders fallback cards: many requests per replica, no queue limit,
+    # so that an emergency request is never turned away at the door.
+    return DeploymentConfig(max_ongoing_requests=100, max_queued_requests=-1, num_cpus=0.5,
+                            autoscaling=AutoscalingConfig(min_replicas=1, max_replicas=2, target_ongoing_requests=20))
 
 
 class ServeConfig(Section):
@@ -285,8 +378,43 @@ class ServeConfig(Section):
     api_key_env: str | None = Field(None, description="env var holding the bearer key; None = off")
     batch_max_size: int = Field(4, ge=1)
     batch_wait_s: float = Field(0.05, ge=0)
+    default_duration_s: float = Field(2.0, gt=0, description="POST /v1/videos when duration_s is omitted")
+    default_fps: int = Field(8, ge=1)
+    default_width: int = Field(256, ge=8)
+    default_height: int = Field(256, ge=8)
+    max_headline_chars: int = Field(120, ge=1)
+    max_instructions_chars: int = Field(400, ge=1)
+    max_region_chars: int = Field(120, ge=1)
+    emergency_reserve_s: float = Field(2.0, gt=0, description="kept back from the deadline for the template fallback")
+    emergency_width: int = Field(128, ge=8, description="emergency model video size (shown inside the alert card)")
+    emergency_height: int = Field(128, ge=8)
+    breaker_failures: int = Field(3, ge=1, description="model failures in a row before the emergency model is skipped")
+    breaker_cooldown_s: float = Field(30.0, ge=0, description="how long it is skipped before being tried again")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After on 503")
+    video_crf: int = Field(23, ge=0, le=51, description="H.264 quality of generated videos")
+    video_preset: str = Field("veryfast", description="x264 preset for generated videos")
+    ab: ABConfig | None = Field(None, description="optional A/B split: arm b and its share")
+    fault: FaultConfig = Field(default_factory=FaultConfig)
+    template: TemplateConfig = Field(default_factory=TemplateConfig)
+    ingress: DeploymentConfig = Field(default_factory=_ingress_defaults)
     standard: DeploymentConfig = Field(default_factory=DeploymentConfig)
     emergency: DeploymentConfig = Field(default_factory=DeploymentConfig)
+
+    @model_validator(mode="after")
+    def _emergency_always_answers(self) -> ServeConfig:
+        if self.emergency.autoscaling.min_replicas < 1:
+            raise ValueError("emergency.autoscaling.min_replicas must be >= 1 (one warm emergency replica)")
+        if self.batch_max_size > self.standard.max_ongoing_requests:
+            raise ValueError(
+                f"batch_max_size ({self.batch_max_size}) must be <= standard.max_ongoing_requests "
+                f"({self.standard.max_ongoing_requests}): a replica never holds more requests than that"
+            )
+        if self.emergency_reserve_s >= self.emergency_deadline_s:
+            raise ValueError(
+                f"emergency_reserve_s ({self.emergency_reserve_s}) must be < emergency_deadline_s "
+                f"({self.emergency_deadline_s})"
+            )
+        return self
 
 
 # ------------------------------------------------------------------------------- root
