@@ -215,6 +215,7 @@ class TrainConfig(Section):
     init_from: str | None = Field(None, description="checkpoint dir whose weights start the run")
     contact_sheet_frames: int = Field(8, ge=1, description="frames per phase-end contact sheet")
     demo_clips: int = Field(200, ge=8, description="--demo: synthetic clips built when --data is not given")
+    probe_draws: int = Field(4, ge=1, description="fixed noise draws averaged in the phase start/end probe loss")
 
 
 class CheckpointConfig(Section):
@@ -248,6 +249,14 @@ class EvalConfig(Section):
     coherence_grid: int = Field(16, ge=1, description="temporal coherence: frames pooled to grid x grid")
     sheet_frames: int = Field(8, ge=1, description="frames per contact-sheet row")
     sheet_frame_px: int = Field(96, ge=8, description="contact-sheet frame height in pixels")
+
+    @model_validator(mode="after")
+    def _known_levels(self) -> EvalConfig:
+        if not self.levels or any(level not in range(1, 6) for level in self.levels):
+            raise ValueError(f"levels must be a non-empty list within 1..5, got {self.levels}")
+        if not self.seeds:
+            raise ValueError("seeds must list at least one sampling seed")
+        return self
 
 
 class RegistryConfig(Section):
@@ -297,7 +306,8 @@ class TuneConfig(Section):
     workers_per_trial: int = Field(1, ge=1)
     importance_min_trials: int = Field(4, ge=2, description="finished trials needed for param importances")
     val_clips: int = Field(4, ge=2, description="held-out clips the objective compares generated ones with")
-    driver_cpus: float = Field(0.0, ge=0, description="CPUs reserved for each trial's driver")
+    val_seeds: list[int] | None = Field(None, description="sampling seeds per held-out caption; None = eval.seeds")
+    driver_cpus: float = Field(0.1, gt=0, description="CPUs held by each trial's driver (Tune needs > 0)")
     tpe_startup_trials: int | None = Field(None, ge=1, description="random trials before TPE; None = half, <= 10")
 
 

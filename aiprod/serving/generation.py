@@ -1,0 +1,244 @@
+"""What the generator replicas do, free of Serve: standard batches grouped by shape, and the
+emergency path (fast model when it can make the deadline, template card otherwise).
+
+Deadlines cross processes as wall-clock timestamps (time.time()), so time spent queueing at a
+replica counts against them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aiprod.config import Config
+from aiprod.emergency.render import AlertRequest, render_alert
+from aiprod.serving.models import ModelHost, Served
+
+log = logging.getLogger(__name__)
+
+
+class InjectedFault(RuntimeError):
+    """Raised by a model call when serve.fault says so."""
+
+
+def apply_fault(delay_s: float, fail: bool, name: str) -> None:
+    if delay_s > 0:
+        time.sleep(delay_s)
+    if fail:
+        raise InjectedFault(f"injected fault: serve.fault.{name}_model_fail is true")
+
+
+def encode(frames: np.ndarray, fps: float, cfg: Config) -> bytes:
+    from aiprod.data.video import write_mp4
+
+    buffer = io.BytesIO()
+    write_mp4(frames, buffer, fps, crf=cfg.serve.video_crf, preset=cfg.serve.video_preset)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------ standard
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    prompt: str
+    language: str
+    seconds: float
+    fps: int
+    width: int
+    height: int
+    seed: int
+    steps: int | None
+    guidance: float | None
+    bucket: float
+    deadline: float  # time.time() after which the answer is useless
+
+    def shape(self) -> tuple:
+        return (self.seconds, self.fps, self.width, self.height, self.steps, self.guidance)
+
+
+@dataclass
+class VideoResult:
+    status: str  # ok | deadline | no_model | bad_request | failed
+    mp4: bytes = b""
+    version: str = ""
+    arm: str = ""
+    frames: int = 0
+    width: int = 0
+    height: int = 0
+    fps: int = 0
+    generation_s: float = 0.0
+    batch_size: int = 1
+    message: str = ""
+
+
+def run_standard_batch(host: ModelHost, jobs: list[VideoJob], cfg: Config) -> list[VideoResult]:
+    """One Serve batch: jobs grouped by (arm, shape), each group on one pipeline snapshot."""
+    picked = [host.pick(job.bucket) for job in jobs]
+    groups: dict[tuple, list[int]] = {}
+    for i, (job, (arm, _)) in enumerate(zip(jobs, picked)):
+        groups.setdefault((arm, job.shape()), []).append(i)
+    results: list[VideoResult | None] = [None] * len(jobs)
+    for indices in groups.values():
+        arm, served = picked[indices[0]]
+        for i in indices:
+            results[i] = _standard_one(jobs[i], arm, served, host, cfg, len(indices))
+    return results  # type: ignore[return-value]
+
+
+def _standard_one(job: VideoJob, arm: str, served: Served | None, host: ModelHost, cfg: Config,
+                  batch_size: int) -> VideoResult:
+    if served is None:
+        return VideoResult("no_model", message=f"no model loaded ({host.error or 'serve.model is not set'})")
+    if time.time() > job.deadline:
+        return VideoResult("deadline", message="deadline passed before generation started")
+    start = time.perf_counter()
+    try:
+        apply_fault(host.fault.standard_model_delay_s, host.fault.standard_model_fail, "standard")
+        frames = served.pipeline.generate(
+            job.prompt, job.language, seconds=job.seconds, fps=job.fps, height=job.height, width=job.width,
+            seed=job.seed, steps=job.steps, guidance=job.guidance, mode="standard",
+        )
+        mp4 = encode(frames, job.fps, cfg)
+    except ValueError as exc:
+        return VideoResult("bad_request", message=str(exc))
+    except Exception as exc:  # noqa: BLE001 - the ingress answers 500 with the message
+        log.exception("standard generation failed")
+        return VideoResult("failed", message=f"{type(exc).__name__}: {exc}")
+    return VideoResult(
+        "ok", mp4=mp4, version=served.version, arm=arm, frames=len(frames), width=int(frames.shape[2]),
+        height=int(frames.shape[1]), fps=job.fps, generation_s=time.perf_counter() - start, batch_size=batch_size,
+    )
+
+
+# ----------------------------------------------------------------------------- emergency
+
+
+@dataclass(frozen=True)
+class EmergencyJob:
+    request: AlertRequest
+    bucket: float
+    deadline: float  # time.time() by which this replica must have answered
+
+
+@dataclass
+class AlertResult:
+    mode: str  # emergency (model) | template
+    mp4: bytes
+    version: str
+    template_id: str
+    frames: int
+    generation_s: float
+    arm: str = ""
+    reason: str = ""  # why the template was used
+    notes: list[str] = field(default_factory=list)
+
+
+def render_template(request: AlertRequest, cfg: Config, reason: str) -> AlertResult:
+    alert = render_alert(request, cfg.serve.template, seconds=cfg.serve.emergency_seconds)
+    return AlertResult("template", alert.mp4, "template", alert.template_id, alert.frames, alert.render_s,
+                       reason=reason, notes=alert.notes)
+
+
+def warm_up(cfg: Config) -> None:
+    """Render one card so fonts, templates and the encoder are loaded before the first request."""
+    from aiprod.emergency import load_library
+
+    first = load_library(cfg.serve.template.templates_dir).types()[0]
+    render_template(AlertRequest(first), cfg, "warm-up")
+
+
+class Breaker:
+    """Skips the model after `failures` failures in a row, for `cooldown_s`, then tries again."""
+
+    def __init__(self, failures: int, cooldown_s: float):
+        self.failures = failures
+        self.cooldown_s = cooldown_s
+        self.in_a_row = 0
+        self.open_until = 0.0
+        self.estimate_s: float | None = None  # running mean of successful model latencies
+
+    def reset(self) -> None:
+        """A new model or fault setting gets a fresh chance."""
+        self.in_a_row, self.open_until, self.estimate_s = 0, 0.0, None
+
+    def record(self, ok: bool, seconds: float = 0.0) -> None:
+        if ok:
+            self.in_a_row = 0
+            self.estimate_s = seconds if self.estimate_s is None else 0.7 * self.estimate_s + 0.3 * seconds
+            return
+        self.in_a_row += 1
+        if self.in_a_row >= self.failures:
+            self.open_until = time.monotonic() + self.cooldown_s
+            self.in_a_row = 0
+
+    def skip_reason(self, budget_s: float) -> str | None:
+        if time.monotonic() < self.open_until:
+            return "model_unhealthy"
+        if budget_s <= 0 or (self.estimate_s is not None and self.estimate_s > budget_s):
+            return "would_miss_deadline"
+        return None
+
+
+class EmergencyWorker:
+    """Fast model path with the template card as the answer whenever the model cannot be used."""
+
+    def __init__(self, cfg: Config, host: ModelHost):
+        self.cfg = cfg
+        self.host = host
+        self.breaker = Breaker(cfg.serve.breaker_failures, cfg.serve.breaker_cooldown_s)
+        self._model_slot = asyncio.Semaphore(1)  # one model run at a time per replica
+        self._config_seen = host.updated_at
+
+    def _model_frames(self, served: Served, request: AlertRequest) -> np.ndarray:
+        s = self.cfg.serve
+        apply_fault(self.host.fault.emergency_model_delay_s, self.host.fault.emergency_model_fail, "emergency")
+        prompt = " ".join(p for p in (request.emergency_type.replace("_", " "), request.headline or "",
+                                      request.region) if p)
+        return served.pipeline.generate(
+            prompt, request.language, seconds=s.emergency_seconds, fps=s.template.fps,
+            height=s.emergency_height, width=s.emergency_width, seed=0, mode="emergency",
+        )
+
+    async def _with_model(self, job: EmergencyJob, arm: str, served: Served) -> AlertResult:
+        start = time.perf_counter()
+        async with self._model_slot:
+            frames = await asyncio.to_thread(self._model_frames, served, job.request)
+        model_s = time.perf_counter() - start
+        alert = await asyncio.to_thread(render_alert, job.request, self.cfg.serve.template,
+                                        self.cfg.serve.emergency_seconds, frames)
+        self.breaker.record(True, model_s)
+        return AlertResult("emergency", alert.mp4, served.version, alert.template_id, alert.frames,
+                           time.perf_counter() - start, arm=arm, notes=alert.notes)
+
+    async def handle(self, job: EmergencyJob) -> AlertResult:
+        if self.host.updated_at != self._config_seen:  # a new model or fault setting: fresh chance
+            self._config_seen = self.host.updated_at
+            self.breaker.reset()
+        model_budget = job.deadline - time.time() - self.cfg.serve.emergency_reserve_s
+        arm, served = self.host.pick(job.bucket)
+        reason = "no_model" if served is None else self.breaker.skip_reason(model_budget)
+        if reason is None:
+            try:
+                return await asyncio.wait_for(self._with_model(job, arm, served), model_budget)
+            except TimeoutError:
+                reason = "would_miss_deadline"
+                self.breaker.record(False)
+            except Exception as exc:  # noqa: BLE001 - any model failure is answered from templates
+                reason = f"model_failed: {type(exc).__name__}"
+                log.warning("emergency model path failed: %s", exc)
+                self.breaker.record(False)
+        return await asyncio.to_thread(render_template, job.request, self.cfg, reason)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **self.host.info(),
+            "breaker_open": time.monotonic() < self.breaker.open_until,
+            "model_estimate_s": self.breaker.estimate_s,
+        }

@@ -1,0 +1,162 @@
+"""The models a generator replica serves: arm a (serve.model) and optionally arm b (serve.ab), with
+live swaps. A swap loads the new pipeline first and then replaces the reference in one assignment;
+requests already running keep the pipeline object they started with, so none is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiprod.config import Config, FaultConfig
+from aiprod.serving.schemas import UserConfig
+
+log = logging.getLogger(__name__)
+BUCKETS = 2**32
+
+
+@dataclass(frozen=True)
+class Served:
+    pipeline: Any  # aiprod.diffusion.pipeline.VideoPipeline
+    version: str
+    spec: str
+    source: str  # the directory it was loaded from
+
+
+def request_bucket(key: str | bytes) -> float:
+    """A request's A/B position in [0, 1): the same request always lands in the same arm."""
+    data = key.encode() if isinstance(key, str) else key
+    return int.from_bytes(hashlib.sha256(data).digest()[:4], "big") / BUCKETS
+
+
+def resolve_model_dir(spec: str, cfg: Config) -> str:
+    """A checkpoint dir (local, or s3:// prefix) as is; anything else is a registry reference
+    (`production`, `latest` or a version name) under registry.root."""
+    if spec.startswith("s3://") or Path(spec).is_dir():
+        return spec
+    from aiprod.registry import resolve
+
+    return str(resolve(cfg.registry.root, spec, cfg=cfg.registry))
+
+
+def load_served(spec: str, cfg: Config, device: str) -> Served:
+    from aiprod.diffusion.pipeline import VideoPipeline
+
+    source = resolve_model_dir(spec, cfg)
+    pipeline = VideoPipeline.from_checkpoint(source, device=device)
+    return Served(pipeline, pipeline.version, spec, source)
+
+
+class ModelHost:
+    """Arms a/b plus the live fault settings of one replica (applied from Serve's user_config)."""
+
+    def __init__(self, cfg: Config, device: str = "cpu", loader=load_served):
+        self.cfg = cfg
+        self.device = device
+        self._loader = loader
+        self._lock = threading.Lock()  # one reconfigure at a time
+        self.a: Served | None = None
+        self.b: Served | None = None
+        self.fraction = 0.0
+        self.fault = FaultConfig()
+        self.error: str | None = None
+        self.updated_at = 0.0
+        self.applied_once = False
+        self._desired: UserConfig | None = None
+        self._loader_thread: threading.Thread | None = None
+        self._desired_lock = threading.Lock()
+
+    def _get(self, spec: str | None, keep: list[Served | None]) -> Served | None:
+        if spec is None:
+            return None
+        for served in keep:
+            if served is not None and served.spec == spec:
+                return served
+        return self._loader(spec, self.cfg, self.device)
+
+    def apply(self, user: UserConfig | dict[str, Any]) -> None:
+        """Load what `user` names, then swap. A model that fails to load leaves the arm as it was
+        and is reported in `error` (and /v1/models), so a bad rollout cannot take the service down."""
+        user = user if isinstance(user, UserConfig) else UserConfig.model_validate(user or {})
+        with self._lock:
+            keep = [self.a, self.b]
+            errors = []
+            try:
+                a = self._get(user.model, keep)
+            except Exception as exc:  # noqa: BLE001 - reported, previous model keeps serving
+                errors.append(f"model {user.model!r}: {type(exc).__name__}: {exc}")
+                a = self.a
+            b, fraction = None, 0.0
+            if user.ab is not None and user.ab.fraction > 0:
+                try:
+                    b, fraction = self._get(user.ab.version, keep), user.ab.fraction
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(f"ab.version {user.ab.version!r}: {type(exc).__name__}: {exc}")
+            self.a, self.b, self.fraction = a, b, fraction
+            self.fault = user.fault
+            self.error = "; ".join(errors) or None
+            self.updated_at = time.time()
+            self.applied_once = True
+        for message in errors:
+            log.error("model load failed: %s", message)
+
+    async def reconfigure(self, user: UserConfig | dict[str, Any]) -> None:
+        """Serve's reconfigure(): the first model loads before the replica takes requests; later
+        ones load in the background while the current model keeps serving."""
+        if self.applied_once:
+            self.apply_in_background(user)
+        else:
+            await asyncio.to_thread(self.apply, user)
+
+    def apply_in_background(self, user: UserConfig | dict[str, Any]) -> None:
+        """apply() on a background thread; the latest call wins. The replica keeps serving the
+        current model while the next one loads (Serve stops routing to a replica while its
+        reconfigure() runs, so that call must return quickly)."""
+        user = user if isinstance(user, UserConfig) else UserConfig.model_validate(user or {})
+        with self._desired_lock:
+            self._desired = user
+            if self._loader_thread is not None and self._loader_thread.is_alive():
+                return
+            self._loader_thread = threading.Thread(target=self._apply_latest, name="model-loader", daemon=True)
+            self._loader_thread.start()
+
+    def _apply_latest(self) -> None:
+        while True:
+            with self._desired_lock:
+                user, self._desired = self._desired, None
+                if user is None:
+                    self._loader_thread = None
+                    return
+            self.apply(user)
+
+    @property
+    def pending(self) -> bool:
+        return self._desired is not None or (self._loader_thread is not None and self._loader_thread.is_alive())
+
+    def pick(self, bucket: float) -> tuple[str, Served | None]:
+        a, b, fraction = self.a, self.b, self.fraction  # one consistent snapshot
+        if b is not None and bucket < fraction:
+            return "b", b
+        return "a", a
+
+    def info(self) -> dict[str, Any]:
+        def describe(served: Served | None) -> dict[str, Any] | None:
+            return None if served is None else {"version": served.version, "spec": served.spec, "source": served.source}
+
+        return {
+            "a": describe(self.a),
+            "b": describe(self.b),
+            "ab_fraction": self.fraction,
+            "error": self.error,
+            "fault": self.fault.model_dump(),
+            "updated_at": self.updated_at,
+            "loading": self.pending,
+            "pid": os.getpid(),  # the same pid across a version switch: reconfigured in place
+        }

@@ -1,0 +1,122 @@
+"""HTTP request bodies, their config-dependent limits, and the app / user_config arguments.
+
+The static pydantic models give the OpenAPI schema and type errors; limits that depend on the
+served config (sizes, durations, languages, emergency types) are checked by `limit_errors`, whose
+errors have FastAPI's shape so they come back as 422 naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aiprod.config import ABConfig, Config, FaultConfig
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VideoRequest(_Body):
+    prompt: str = Field(min_length=1, description="what to show; at most serve.max_prompt_chars characters")
+    language: str = Field("en", description="language code, one of serve.languages")
+    duration_s: float | None = Field(None, gt=0, description="default serve.default_duration_s, at most serve.max_duration_s")
+    fps: int | None = Field(None, ge=1, description="default serve.default_fps, at most serve.max_fps")
+    width: int | None = Field(None, ge=8, description="default serve.default_width, at most serve.max_width")
+    height: int | None = Field(None, ge=8, description="default serve.default_height, at most serve.max_height")
+    seed: int = 0
+    steps: int | None = Field(None, ge=1, description="sampler steps; default diffusion.sample_steps")
+    guidance: float | None = Field(None, ge=1.0, description="classifier-free guidance; default diffusion.guidance")
+    deadline_s: float | None = Field(None, gt=0, description="answer 504 after this; default serve.standard_deadline_s")
+
+
+class EmergencyRequest(_Body):
+    emergency_type: str = Field(description="e.g. flood, cyclone, earthquake (GET /v1/models lists them)")
+    variation: int | None = Field(None, ge=0, description="template variation 0..4; default 0")
+    headline: str | None = Field(None, min_length=1, description="default: the template's, in `language`")
+    instructions: str | None = Field(None, min_length=1, description="default: the template's, in `language`")
+    language: str = Field("en", description="language code, one of serve.languages")
+    region: str = Field("", description="area the alert is for")
+    deadline_s: float | None = Field(None, gt=0, description="default and maximum serve.emergency_deadline_s")
+
+
+def _error(field: str, message: str, value: Any) -> dict[str, Any]:
+    return {"type": "value_error", "loc": ["body", field], "msg": message, "input": value}
+
+
+def _too_long(field: str, value: str | None, limit: int) -> list[dict[str, Any]]:
+    if value is not None and len(value) > limit:
+        return [_error(field, f"{field} is {len(value)} characters; at most {limit} allowed", value[:80])]
+    return []
+
+
+def _language(value: str, cfg: Config) -> list[dict[str, Any]]:
+    if value not in cfg.serve.languages:
+        return [_error("language", f"unknown language {value!r}; one of {', '.join(cfg.serve.languages)}", value)]
+    return []
+
+
+def video_errors(req: VideoRequest, cfg: Config) -> list[dict[str, Any]]:
+    s = cfg.serve
+    errors = _language(req.language, cfg) + _too_long("prompt", req.prompt, s.max_prompt_chars)
+    if not req.prompt.strip():
+        errors.append(_error("prompt", "prompt is empty", req.prompt))
+    compression = cfg.model.vae.spatial_compression
+    limits = (
+        ("duration_s", req.duration_s, s.max_duration_s),
+        ("fps", req.fps, s.max_fps),
+        ("width", req.width, s.max_width),
+        ("height", req.height, s.max_height),
+        ("steps", req.steps, s.max_steps),
+        ("deadline_s", req.deadline_s, s.standard_deadline_s),
+    )
+    for name, value, limit in limits:
+        if value is not None and value > limit:
+            errors.append(_error(name, f"{name} must be <= {limit}, got {value}", value))
+    for name in ("width", "height"):
+        value = getattr(req, name)
+        if value is not None and value % compression:
+            errors.append(_error(name, f"{name} must be a multiple of {compression}, got {value}", value))
+    return errors
+
+
+def emergency_errors(req: EmergencyRequest, cfg: Config, types: dict[str, int]) -> list[dict[str, Any]]:
+    """`types` maps each emergency type to its number of variations."""
+    s = cfg.serve
+    errors = _language(req.language, cfg)
+    if req.emergency_type not in types:
+        errors.append(_error("emergency_type", f"unknown emergency_type {req.emergency_type!r}; one of "
+                                               f"{', '.join(sorted(types))}", req.emergency_type))
+    elif req.variation is not None and req.variation >= types[req.emergency_type]:
+        errors.append(_error("variation", f"variation must be < {types[req.emergency_type]}", req.variation))
+    errors += _too_long("headline", req.headline, s.max_headline_chars)
+    errors += _too_long("instructions", req.instructions, s.max_instructions_chars)
+    errors += _too_long("region", req.region, s.max_region_chars)
+    for name in ("headline", "instructions"):
+        value = getattr(req, name)
+        if value is not None and not value.strip():
+            errors.append(_error(name, f"{name} is empty (leave it out for the template's)", value))
+    if req.deadline_s is not None and req.deadline_s > s.emergency_deadline_s:
+        errors.append(_error("deadline_s", f"deadline_s must be <= {s.emergency_deadline_s}", req.deadline_s))
+    return errors
+
+
+class UserConfig(BaseModel):
+    """The live part of a generator deployment (Serve `user_config`, applied by reconfigure())."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, description="registry version, 'production', or checkpoint dir; None = no model")
+    ab: ABConfig | None = None
+    fault: FaultConfig = Field(default_factory=FaultConfig)
+
+
+class AppArgs(BaseModel):
+    """Arguments of serve.app:build_app (the `args:` of an application in serve/config.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+    preset: str = Field("tiny", description="config preset name or YAML path")
+    overrides: list[str] = Field(default_factory=list, description="key.path=value config overrides")
+    model: str | None = Field(None, description="overrides serve.model")
+    registry_root: str | None = Field(None, description="overrides registry.root")
+    api_key_env: str | None = Field(None, description="overrides serve.api_key_env")

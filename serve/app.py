@@ -1,0 +1,284 @@
+"""Ray Serve app: FastAPI ingress + StandardGenerator + EmergencyGenerator.
+
+    serve run serve/config.yaml            # local, tiny settings
+    serve deploy serve/config.cluster.yaml # cluster (GPU settings, API key on)
+    serve.run(build_app({"preset": "tiny", "model": "out/registry/..."}))   # from Python / tests
+
+POST /v1/videos -> video/mp4; POST /v1/emergency -> video/mp4, always (template card when the model
+path is overloaded, failing or too slow); GET /v1/models, /v1/health, /v1/ready; OpenAPI at /docs.
+The model version to serve is each generator's `user_config` ({model, ab, fault}), applied live
+by reconfigure(). The logic lives in aiprod.serving; this file maps it to Serve and HTTP.
+"""
+
+import asyncio
+import hmac
+import json
+import os
+import time
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from aiprod.config import validate
+from aiprod.emergency import AlertRequest, load_library
+from aiprod.serving import (
+    AppArgs,
+    EmergencyJob,
+    EmergencyRequest,
+    EmergencyWorker,
+    ModelHost,
+    VideoJob,
+    VideoRequest,
+    deployment_options,
+    render_template,
+    request_bucket,
+    resolve_app_config,
+    run_standard_batch,
+    warm_up,
+)
+from aiprod.serving.schemas import emergency_errors, video_errors
+
+api = FastAPI(
+    title="AIPROD video generation",
+    description="Text to video for public-information broadcasting; emergency alerts always answer.",
+    version="1",
+)
+STATUS_FOR = {"deadline": 504, "no_model": 503, "bad_request": 422, "failed": 500}
+
+
+def _device(num_gpus: float) -> str:
+    import torch
+
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "backslashreplace").decode()
+
+
+def require_api_key(request: Request) -> None:
+    """Bearer key check; a dependency, so it runs before the body is validated (401 before 422)."""
+    key = getattr(request.app.state, "api_key", None)
+    if key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
+        raise HTTPException(401, "missing or wrong API key (Authorization: Bearer <key>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+AUTH = [Depends(require_api_key)]
+
+
+def _bucket(body: Any, request: Request) -> float:
+    key = request.headers.get("x-request-id") or json.dumps(body.model_dump(), sort_keys=True)
+    return request_bucket(key)
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, config: dict, standard: DeploymentHandle, emergency: DeploymentHandle):
+        self.cfg = validate(config)
+        self.standard = standard
+        self.emergency = emergency
+        library = load_library(self.cfg.serve.template.templates_dir)
+        self.types = {name: len(library.get(name).variations) for name in library.types()}
+        warm_up(self.cfg)  # the fallback renderer must be ready before the first emergency
+        api.state.api_key = None
+        env = self.cfg.serve.api_key_env
+        if env:
+            api.state.api_key = os.environ.get(env)
+            if not api.state.api_key:
+                raise RuntimeError(
+                    f"serve.api_key_env is {env!r} but that environment variable is empty on the ingress "
+                    f"replica; set it (e.g. runtime_env env_vars) or set serve.api_key_env=null"
+                )
+
+    def _unavailable(self, message: str) -> JSONResponse:
+        return JSONResponse({"detail": message}, status_code=503,
+                            headers={"Retry-After": str(self.cfg.serve.retry_after_s)})
+
+    # ------------------------------------------------------------------------ standard
+
+    @api.post("/v1/videos", response_class=Response, dependencies=AUTH,
+              responses={200: {"content": {"video/mp4": {}}}})
+    async def videos(self, body: VideoRequest, request: Request) -> Response:
+        errors = video_errors(body, self.cfg)
+        if errors:
+            raise RequestValidationError(errors)
+        s = self.cfg.serve
+        deadline_s = body.deadline_s or s.standard_deadline_s
+        job = VideoJob(
+            prompt=body.prompt, language=body.language, seconds=body.duration_s or s.default_duration_s,
+            fps=body.fps or s.default_fps, width=body.width or s.default_width,
+            height=body.height or s.default_height, seed=body.seed, steps=body.steps, guidance=body.guidance,
+            bucket=_bucket(body, request), deadline=time.time() + deadline_s,
+        )
+        response = self.standard.generate.remote(job)
+        try:
+            result = await asyncio.wait_for(response, deadline_s)
+        except BackPressureError:
+            return self._unavailable("standard generation queue is full; retry later")
+        except TimeoutError:
+            response.cancel()
+            return JSONResponse({"detail": f"deadline of {deadline_s}s passed"}, status_code=504)
+        if result.status != "ok":
+            if result.status == "no_model":
+                return self._unavailable(result.message)
+            return JSONResponse({"detail": result.message}, status_code=STATUS_FOR[result.status])
+        return Response(result.mp4, media_type="video/mp4", headers={
+            "X-Model-Version": result.version,
+            "X-Generation-Mode": "standard",
+            "X-Generation-Seconds": f"{result.generation_s:.3f}",
+            "X-AB-Arm": result.arm,
+            "X-Batch-Size": str(result.batch_size),
+            "X-Video-Frames": str(result.frames),
+        })
+
+    # ----------------------------------------------------------------------- emergency
+
+    @api.post("/v1/emergency", response_class=Response, dependencies=AUTH,
+              responses={200: {"content": {"video/mp4": {}}}})
+    async def emergency_alert(self, body: EmergencyRequest, request: Request) -> Response:
+        errors = emergency_errors(body, self.cfg, self.types)
+        if errors:
+            raise RequestValidationError(errors)
+        started = time.time()
+        deadline_s = body.deadline_s or self.cfg.serve.emergency_deadline_s
+        alert = AlertRequest(body.emergency_type, body.language, body.variation, body.headline,
+                             body.instructions, body.region)
+        # The generator must answer `reserve` before the deadline, leaving time to render here.
+        budget = deadline_s - self.cfg.serve.emergency_reserve_s
+        reason = "deadline_too_short"
+        if budget > 0:
+            job = EmergencyJob(alert, _bucket(body, request), started + budget)
+            response = self.emergency.handle.remote(job)
+            try:
+                result = await asyncio.wait_for(response, budget)
+                return self._alert_response(result, deadline_s)
+            except BackPressureError:
+                reason = "overloaded"
+            except TimeoutError:
+                response.cancel()
+                reason = "emergency_generator_timeout"
+            except Exception as exc:  # noqa: BLE001 - an emergency is never answered with an error
+                reason = f"emergency_generator_failed: {type(exc).__name__}"
+        try:
+            result = await asyncio.to_thread(render_template, alert, self.cfg, reason)
+        except Exception as exc:  # noqa: BLE001 - last resort: the type's English default card
+            reason = f"{reason}; custom card failed ({type(exc).__name__}), English defaults used"
+            result = await asyncio.to_thread(render_template, AlertRequest(alert.emergency_type), self.cfg, reason)
+        return self._alert_response(result, deadline_s)
+
+    def _alert_response(self, result, deadline_s: float) -> Response:
+        headers = {
+            "X-Model-Version": result.version,
+            "X-Generation-Mode": result.mode,
+            "X-Generation-Seconds": f"{result.generation_s:.3f}",
+            "X-Template": result.template_id,
+            "X-Deadline-Seconds": f"{deadline_s:g}",
+            "X-Video-Frames": str(result.frames),
+        }
+        if result.arm:
+            headers["X-AB-Arm"] = result.arm
+        if result.reason:
+            headers["X-Fallback-Reason"] = _ascii(result.reason)
+        if result.notes:
+            headers["X-Template-Note"] = _ascii("; ".join(result.notes))
+        return Response(result.mp4, media_type="video/mp4", headers=headers)
+
+    # -------------------------------------------------------------------------- status
+
+    async def _info(self, handle: DeploymentHandle) -> dict[str, Any]:
+        wait_s = self.cfg.serve.retry_after_s
+        try:
+            return await asyncio.wait_for(handle.info.remote(), wait_s)
+        except BackPressureError:
+            return {"error": "overloaded"}
+        except TimeoutError:
+            return {"error": f"no answer within {wait_s}s (starting or busy)"}
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    @api.get("/v1/models", dependencies=AUTH)
+    async def models(self) -> dict:
+        standard, emergency = await asyncio.gather(self._info(self.standard), self._info(self.emergency))
+        return {
+            "standard": standard,
+            "emergency": emergency,
+            "emergency_types": self.types,
+            "languages": self.cfg.serve.languages,
+            "preset": self.cfg.preset,
+        }
+
+    @api.get("/v1/health")
+    async def health(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/v1/ready")
+    async def ready(self) -> JSONResponse:
+        standard, emergency = await asyncio.gather(self._info(self.standard), self._info(self.emergency))
+        problems = []
+        if "a" not in standard:
+            problems.append(f"standard: unreachable: {standard.get('error')}")
+        elif standard["a"] is None:
+            problems.append(f"standard: no model loaded ({standard.get('error') or 'serve.model is not set'})")
+        if "a" not in emergency:
+            problems.append(f"emergency: unreachable: {emergency.get('error')}")
+        body = {"ready": not problems, "problems": problems,
+                "standard_version": (standard.get("a") or {}).get("version")}
+        return JSONResponse(body, status_code=200 if not problems else 503)
+
+
+@serve.deployment(name="StandardGenerator")
+class StandardGenerator:
+    def __init__(self, config: dict):
+        self.cfg = validate(config)
+        self.host = ModelHost(self.cfg, _device(self.cfg.serve.standard.num_gpus))
+        self.generate.set_max_batch_size(self.cfg.serve.batch_max_size)
+        self.generate.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_s)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        await self.host.reconfigure(user_config)
+
+    @serve.batch
+    async def generate(self, jobs: list[VideoJob]) -> list:
+        return await asyncio.to_thread(run_standard_batch, self.host, jobs, self.cfg)
+
+    def info(self) -> dict:
+        return self.host.info()
+
+
+@serve.deployment(name="EmergencyGenerator")
+class EmergencyGenerator:
+    def __init__(self, config: dict):
+        self.cfg = validate(config)
+        self.host = ModelHost(self.cfg, _device(self.cfg.serve.emergency.num_gpus))
+        self.worker = EmergencyWorker(self.cfg, self.host)
+        warm_up(self.cfg)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        await self.host.reconfigure(user_config)
+
+    async def handle(self, job: EmergencyJob):
+        return await self.worker.handle(job)
+
+    def info(self) -> dict:
+        return self.worker.info()
+
+
+def build_app(args: dict) -> serve.Application:
+    """The app for `serve run`/`serve deploy` (import path serve.app:build_app) and for tests.
+    args: AppArgs (preset, overrides, model, registry_root, api_key_env)."""
+    cfg, user_config = resolve_app_config(AppArgs.model_validate(args or {}))
+    config = cfg.to_dict()
+    s = cfg.serve
+    standard = StandardGenerator.options(**deployment_options(s.standard), user_config=user_config).bind(config)
+    emergency = EmergencyGenerator.options(**deployment_options(s.emergency), user_config=user_config).bind(config)
+    return Ingress.options(**deployment_options(s.ingress)).bind(config, standard, emergency)

@@ -1,0 +1,398 @@
+"""Ray Serve app end to end: real Serve on the session's Ray, real HTTP, a real registry with two
+tiny untrained versions. The app is deployed once from serve/config.yaml (as `serve deploy` does);
+later deploys change only the generators' user_config, which Serve applies by reconfigure()."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import av
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from aiprod.config import load_config
+from aiprod.serving import ModelHost, request_bucket
+from aiprod.serving.generation import Breaker
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY_ENV, KEY = "AIPROD_TEST_API_KEY", "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+V1 = "pib-videogen-standard-v1.0.0-general"
+V2 = "pib-videogen-standard-v1.1.0-general"
+OVERRIDES = [
+    f"serve.api_key_env={KEY_ENV}",
+    "serve.batch_wait_s=1.0",  # two concurrent requests surely meet in one batch
+    "serve.emergency_reserve_s=3",
+    "serve.standard.max_ongoing_requests=2",
+    "serve.standard.max_queued_requests=2",
+    "serve.standard.autoscaling.max_replicas=1",
+    "serve.emergency.max_ongoing_requests=1",
+    "serve.emergency.max_queued_requests=1",
+    "serve.emergency.autoscaling.max_replicas=1",
+    "serve.emergency.autoscaling.target_ongoing_requests=1",
+    "serve.ingress.autoscaling.max_replicas=1",
+    "serve.standard.num_cpus=0.25",
+    "serve.emergency.num_cpus=0.25",
+    "serve.ingress.num_cpus=0.25",
+]
+TINY = load_config("tiny", OVERRIDES)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_registry(root: Path) -> None:
+    from aiprod.diffusion.pipeline import VideoPipeline
+    from aiprod.models import build_model
+    from aiprod.registry import Registry
+
+    cfg = load_config("tiny")
+    registry = Registry(str(root))
+    for seed, version in ((0, V1), (1, V2)):
+        import torch
+
+        torch.manual_seed(seed)
+        ckpt = root.parent / f"ckpt-{seed}"
+        VideoPipeline(cfg, build_model(cfg.model), version=version).save_pretrained(ckpt)
+        registry.publish(ckpt, version)
+    registry.promote(V1, gates={}, force=True, reason="test fixture")
+
+
+class App:
+    def __init__(self, port: int, registry_root: Path):
+        self.port = port
+        self.registry_root = registry_root
+        self.url = f"http://127.0.0.1:{port}"
+        self.http = httpx.Client(base_url=self.url, timeout=120)
+
+    def deploy(self, model: str = "production", fault: dict | None = None, ab: dict | None = None) -> None:
+        """Deploy serve/config.yaml with test settings; wait until both generators apply it."""
+        from ray.serve.context import _get_global_client
+        from ray.serve.schema import ServeDeploySchema
+
+        conf = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+        conf["http_options"] = {"host": "127.0.0.1", "port": self.port}
+        app = conf["applications"][0]
+        app["runtime_env"] = {"env_vars": {"PYTHONPATH": str(ROOT), KEY_ENV: KEY}}
+        app["args"].update(registry_root=str(self.registry_root), overrides=OVERRIDES)
+        user_config = {"model": model, "ab": ab, "fault": fault or {}}
+        for deployment in app["deployments"]:
+            deployment["user_config"] = user_config
+        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(conf), _blocking=True)
+        expected_fault = {**TINY.serve.fault.model_dump(), **(fault or {})}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                info = self.http.get("/v1/models", headers=AUTH).json()
+                if all(
+                    (info[name].get("a") or {}).get("spec") == model and info[name]["fault"] == expected_fault
+                    and ((info[name].get("b") or {}).get("spec") == (ab or {}).get("version"))
+                    for name in ("standard", "emergency")
+                ):
+                    return
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"user_config {user_config} was not applied within 120 s")
+
+    def video(self, **body) -> httpx.Response:
+        return self.http.post("/v1/videos", json={"prompt": "a red circle moving right", "steps": 1, **body},
+                              headers=AUTH)
+
+    def emergency(self, **body) -> httpx.Response:
+        return self.http.post("/v1/emergency", json=body, headers=AUTH)
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, tmp_path_factory):
+    from ray import serve
+
+    registry_root = tmp_path_factory.mktemp("serve") / "registry"
+    make_registry(registry_root)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = App(port, registry_root)
+    try:
+        app.deploy()
+        yield app
+    finally:
+        app.http.close()
+        serve.shutdown()
+
+
+def decode(mp4: bytes) -> tuple[str, float, np.ndarray]:
+    with av.open(io.BytesIO(mp4)) as container:
+        stream = container.streams.video[0]
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+        return stream.codec_context.name, float(stream.average_rate), frames
+
+
+# --------------------------------------------------------------------------- HTTP API
+
+
+def test_health_ready_and_openapi(served):
+    assert served.http.get("/v1/health").json() == {"status": "ok"}
+    ready = served.http.get("/v1/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert ready.json()["standard_version"] == V1
+    paths = served.http.get("/openapi.json").json()["paths"]
+    assert {"/v1/videos", "/v1/emergency", "/v1/models", "/v1/health", "/v1/ready"} <= set(paths)
+    assert served.http.get("/docs").status_code == 200
+
+
+def test_standard_request_returns_playable_mp4_of_requested_size(served):
+    r = served.video(duration_s=1, fps=8, width=48, height=32, seed=3)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "video/mp4"
+    assert r.headers["x-model-version"] == V1
+    assert r.headers["x-generation-mode"] == "standard"
+    assert float(r.headers["x-generation-seconds"]) > 0
+    codec, fps, frames = decode(r.content)
+    assert codec == "h264" and fps == 8
+    assert frames.shape == (9, 32, 48, 3)  # 1 s at 8 fps -> 1 + 4k frames nearest 8 (the causal VAE)
+    assert r.headers["x-video-frames"] == "9"
+
+
+def test_same_shape_requests_are_batched_and_different_shapes_are_not(served):
+    with ThreadPoolExecutor(2) as pool:
+        same = list(pool.map(lambda seed: served.video(seed=seed), [1, 2]))
+    assert [r.status_code for r in same] == [200, 200]
+    assert max(int(r.headers["x-batch-size"]) for r in same) == 2
+    with ThreadPoolExecutor(2) as pool:
+        mixed = list(pool.map(lambda w: served.video(width=w), [32, 48]))
+    assert [r.headers["x-batch-size"] for r in mixed] == ["1", "1"]
+
+
+@pytest.mark.parametrize("language,region", [("en", "Patna, Bihar"), ("hi", "पटना, बिहार")])
+def test_emergency_answers_within_deadline(served, language, region):
+    start = time.monotonic()
+    r = served.emergency(emergency_type="flood", language=language, region=region)
+    elapsed = time.monotonic() - start
+    assert r.status_code == 200, r.text
+    assert elapsed <= float(r.headers["x-deadline-seconds"]) == TINY.serve.emergency_deadline_s
+    assert r.headers["x-generation-mode"] == "emergency"  # healthy model: the fast model path
+    assert r.headers["x-model-version"] == V1
+    assert "x-template-note" not in r.headers
+    codec, fps, frames = decode(r.content)
+    assert codec == "h264" and len(frames) / fps >= 5.0
+
+
+def test_passed_deadline_on_standard_path_is_504(served):
+    r = served.video(deadline_s=0.2)  # the 1 s batch wait alone is longer
+    assert r.status_code == 504
+    assert "deadline" in r.json()["detail"]
+
+
+VIDEO_422 = [
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "   "}, "prompt"),
+    ({"prompt": "x" * (TINY.serve.max_prompt_chars + 1)}, "prompt"),
+    ({"language": "xx"}, "language"),
+    ({"width": TINY.serve.max_width + 4}, "width"),
+    ({"height": TINY.serve.max_height + 4}, "height"),
+    ({"width": 34}, "width"),
+    ({"duration_s": TINY.serve.max_duration_s + 1}, "duration_s"),
+    ({"fps": TINY.serve.max_fps + 1}, "fps"),
+    ({"steps": TINY.serve.max_steps + 1}, "steps"),
+    ({"unknown_field": 1}, "unknown_field"),
+]
+EMERGENCY_422 = [
+    ({"emergency_type": "volcano"}, "emergency_type"),
+    ({"emergency_type": "flood", "language": "zz"}, "language"),
+    ({"emergency_type": "flood", "variation": 5}, "variation"),
+    ({"emergency_type": "flood", "headline": "x" * (TINY.serve.max_headline_chars + 1)}, "headline"),
+    ({"emergency_type": "flood", "region": "x" * (TINY.serve.max_region_chars + 1)}, "region"),
+    ({"emergency_type": "flood", "deadline_s": TINY.serve.emergency_deadline_s + 1}, "deadline_s"),
+    ({"language": "en"}, "emergency_type"),
+]
+
+
+@pytest.mark.parametrize("body,field", VIDEO_422)
+def test_bad_video_request_is_422_naming_the_field(served, body, field):
+    r = served.video(**body)
+    assert r.status_code == 422, r.text
+    assert field in [e["loc"][-1] for e in r.json()["detail"]]
+
+
+@pytest.mark.parametrize("body,field", EMERGENCY_422)
+def test_bad_emergency_request_is_422_naming_the_field(served, body, field):
+    r = served.emergency(**body)
+    assert r.status_code == 422, r.text
+    assert field in [e["loc"][-1] for e in r.json()["detail"]]
+
+
+def test_api_key_is_required_when_configured(served):
+    for path, body in (("/v1/videos", {"prompt": "a cat"}), ("/v1/emergency", {"emergency_type": "fire"})):
+        missing = served.http.post(path, json=body)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        wrong = served.http.post(path, json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+    assert served.http.post("/v1/videos", json={"prompt": ""}).status_code == 401  # key before body
+    assert served.http.get("/v1/models").status_code == 401
+    assert served.http.get("/v1/health").status_code == 200
+
+
+# ------------------------------------------------------------------ faults and overload
+
+
+def test_emergency_answers_from_templates_when_model_fails_or_is_slow(served):
+    try:
+        served.deploy(fault={"emergency_model_fail": True})
+        r = served.emergency(emergency_type="cyclone", language="en", region="Puri")
+        assert r.status_code == 200
+        assert r.headers["x-generation-mode"] == "template"
+        assert r.headers["x-model-version"] == "template"
+        assert r.headers["x-fallback-reason"] == "model_failed: InjectedFault"
+        codec, fps, frames = decode(r.content)
+        assert codec == "h264" and len(frames) / fps >= 5.0
+
+        served.deploy(fault={"emergency_model_delay_s": 30})
+        start = time.monotonic()
+        r = served.emergency(emergency_type="tsunami", language="hi", region="चेन्नई", deadline_s=8)
+        assert r.status_code == 200 and time.monotonic() - start <= 8
+        assert r.headers["x-generation-mode"] == "template"
+        assert r.headers["x-fallback-reason"] == "would_miss_deadline"
+
+        # The generator is saturated (1 running + 1 queued): the ingress renders the rest itself.
+        def alert(i: int) -> tuple[httpx.Response, float]:
+            t0 = time.monotonic()
+            resp = served.emergency(emergency_type="fire", variation=i % 5, region="Delhi", deadline_s=8)
+            return resp, time.monotonic() - t0
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(alert, range(4)))
+        assert [resp.status_code for resp, _ in answers] == [200] * 4
+        assert all(elapsed <= 8 for _, elapsed in answers)
+        assert {resp.headers["x-generation-mode"] for resp, _ in answers} == {"template"}
+        assert "overloaded" in {resp.headers["x-fallback-reason"] for resp, _ in answers}
+    finally:
+        served.deploy()
+    r = served.emergency(emergency_type="cyclone")
+    assert r.headers["x-generation-mode"] == "emergency"  # healthy again after the fault is removed
+
+
+def test_full_standard_queue_answers_503_with_retry_after(served):
+    try:
+        served.deploy(fault={"standard_model_delay_s": 1.0})
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda seed: served.video(seed=seed), range(8)))
+    finally:
+        served.deploy()
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {200, 503}, codes
+    assert 200 in codes and 503 in codes, codes
+    for r in answers:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == str(TINY.serve.retry_after_s)
+
+
+def test_standard_model_failure_is_500_and_emergency_unaffected(served):
+    try:
+        served.deploy(fault={"standard_model_fail": True})
+        r = served.video()
+        assert r.status_code == 500 and "InjectedFault" in r.json()["detail"]
+        assert served.emergency(emergency_type="heatwave").status_code == 200
+    finally:
+        served.deploy()
+
+
+# ---------------------------------------------------------------------------- versions
+
+
+def test_version_switch_under_load_loses_no_request(served):
+    pid_before = served.http.get("/v1/models", headers=AUTH).json()["standard"]["pid"]
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            r = served.video()
+            results.append((r.status_code, r.headers.get("x-model-version", r.text)))
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        while len(results) < 2:
+            time.sleep(0.1)
+        served.deploy(model=V2)  # user_config only: replicas reconfigure in place
+        deadline = time.monotonic() + 60
+        while not any(v == V2 for _, v in results) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # a few more requests on the new version
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert all(code == 200 for code, _ in results), results
+    versions = [v for _, v in results]
+    assert V1 in versions and V2 in versions and versions[-1] == V2
+    info = served.http.get("/v1/models", headers=AUTH).json()
+    assert info["standard"]["a"]["version"] == V2 and info["emergency"]["a"]["version"] == V2
+    assert info["standard"]["pid"] == pid_before  # reconfigured, not restarted
+    served.deploy(model="production")  # roll back
+    assert served.video().headers["x-model-version"] == V1
+
+
+def test_ab_split_by_request_hash(served):
+    ids = [f"req-{i}" for i in range(40)]
+    b_ids = [i for i in ids if request_bucket(i) < 0.5][:2]
+    a_ids = [i for i in ids if request_bucket(i) >= 0.5][:2]
+    try:
+        served.deploy(ab={"version": V2, "fraction": 0.5})
+        for request_id, arm, version in [(i, "b", V2) for i in b_ids] + [(i, "a", V1) for i in a_ids]:
+            for _ in range(2):  # the same request always lands in the same arm
+                r = served.http.post("/v1/videos", json={"prompt": "a blue square", "steps": 1},
+                                     headers={**AUTH, "X-Request-Id": request_id})
+                assert r.status_code == 200
+                assert (r.headers["x-ab-arm"], r.headers["x-model-version"]) == (arm, version)
+    finally:
+        served.deploy()
+
+
+# ------------------------------------------------------------------- library, no Serve
+
+
+def test_model_host_swaps_without_breaking_a_running_request(served):
+    cfg = load_config("tiny", [f"registry.root={served.registry_root}"])
+    host = ModelHost(cfg)
+    host.apply({"model": "production"})
+    arm, running = host.pick(0.0)
+    assert (arm, running.version) == ("a", V1)
+    host.apply({"model": V2})
+    assert host.pick(0.0)[1].version == V2
+    frames = running.pipeline.generate("still works", seconds=0.5, fps=2, height=16, width=16, steps=1)
+    assert frames.dtype == np.uint8 and running.version == V1
+    host.apply({"model": "pib-videogen-standard-v9.9.9-general"})  # not in the registry
+    assert host.pick(0.0)[1].version == V2
+    assert "v9.9.9" in host.info()["error"]
+
+
+def test_breaker_opens_after_failures_and_estimates_latency():
+    breaker = Breaker(failures=2, cooldown_s=60)
+    assert breaker.skip_reason(5.0) is None
+    breaker.record(True, 2.0)
+    assert breaker.skip_reason(1.0) == "would_miss_deadline"
+    breaker.record(False)
+    assert breaker.skip_reason(5.0) is None
+    breaker.record(False)
+    assert breaker.skip_reason(5.0) == "model_unhealthy"
+    breaker.reset()
+    assert breaker.skip_reason(5.0) is None
+
+
+def test_request_bucket_is_stable_and_spread():
+    assert request_bucket("abc") == request_bucket("abc")
+    buckets = [request_bucket(f"r{i}") for i in range(1000)]
+    assert all(0 <= b < 1 for b in buckets)
+    assert 0.4 < np.mean(np.array(buckets) < 0.5) < 0.6
