@@ -1,0 +1,109 @@
+"""Model registry CLI (thin, over aiprod.registry).
+
+    python jobs/registry.py --root out/registry publish out/runs/demo/final \
+        --version pib-videogen-standard-v0.1.0-general --report out/report/report.json
+    python jobs/registry.py --root s3://bucket/registry list [--json]
+    python jobs/registry.py promote pib-videogen-standard-v0.1.0-general [--force --reason TEXT]
+    python jobs/registry.py rollback
+    python jobs/registry.py verify pib-videogen-standard-v0.1.0-general
+    python jobs/registry.py history | resolve production
+
+--root defaults to registry.root and the release gates to eval.gates of the config
+(--preset / --config, plus `--set key.path=value`). Exits non-zero with a message on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aiprod.config import ConfigError, load_config  # noqa: E402
+from aiprod.registry import Registry, RegistryError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--root", help="registry root: local dir or s3:// prefix (default: registry.root)")
+    p.add_argument("--preset", default="tiny", help="preset for registry.* and eval.gates")
+    p.add_argument("--config", help="YAML config file (overrides --preset)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    sub = p.add_subparsers(dest="command", required=True)
+    pub = sub.add_parser("publish", help="store a checkpoint as a new version")
+    pub.add_argument("checkpoint", help="dir or s3:// prefix with model.safetensors + config.yaml")
+    pub.add_argument("--version", required=True, help="pib-videogen-{type}-vX.Y.Z-{specialization}")
+    pub.add_argument("--report", help="report.json from jobs/evaluate.py (needed to pass the gates)")
+    ls = sub.add_parser("list", help="versions, with production/latest markers and headline metrics")
+    ls.add_argument("--json", action="store_true")
+    pro = sub.add_parser("promote", help="point production at a version that passes the gates")
+    pro.add_argument("version")
+    pro.add_argument("--force", action="store_true", help="promote despite failed gates (needs --reason)")
+    pro.add_argument("--reason", help="recorded in the history with --force")
+    sub.add_parser("rollback", help="restore the previous production version")
+    ver = sub.add_parser("verify", help="check a version's files against its manifest")
+    ver.add_argument("version")
+    sub.add_parser("history", help="every change, oldest first (JSON lines)")
+    res = sub.add_parser("resolve", help="local directory of production | latest | NAME")
+    res.add_argument("ref")
+    res.add_argument("--cache-dir")
+    return p.parse_args(argv)
+
+
+def _metrics_text(metrics: dict) -> str:
+    keys = ("psnr", "ssim", "temporal_coherence", "alignment_accuracy")
+    return "  ".join(f"{k}={metrics[k]:.3g}" for k in keys if isinstance(metrics.get(k), (int, float)))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config or args.preset, args.set)
+    reg = Registry(args.root or cfg.registry.root, cfg.registry)
+    if args.command == "publish":
+        uri = reg.publish(args.checkpoint, args.version, report=args.report)
+        print(f"published {args.version} -> {uri}")
+    elif args.command == "list":
+        rows = reg.list_versions()
+        if args.json:
+            print(json.dumps(rows, indent=2, ensure_ascii=False))
+        elif not rows:
+            print(f"no versions in {reg.root}")
+        for row in rows if not args.json else []:
+            marks = ",".join(m for m in ("production", "latest") if row[m])
+            print(f"{row['version']:<48} {row['published_at'] or '?':<26} {marks:<18} {_metrics_text(row['metrics'])}")
+    elif args.command == "promote":
+        event = reg.promote(args.version, cfg.eval.gates, force=args.force, reason=args.reason)
+        note = f" (forced: {args.reason}; failed gates: {'; '.join(event['gate_failures'])})" if event["forced"] else ""
+        print(f"production -> {args.version} (was {event['replaced']}){note}")
+    elif args.command == "rollback":
+        event = reg.rollback()
+        print(f"production -> {event['version']} (rolled back from {event['replaced']})")
+    elif args.command == "verify":
+        problems = reg.verify(args.version)
+        if problems:
+            print(f"registry: {args.version} FAILS verification:", file=sys.stderr)
+            for problem in problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 1
+        print(f"{args.version}: all files match the manifest")
+    elif args.command == "history":
+        for event in reg.history():
+            print(json.dumps(event, ensure_ascii=False))
+    elif args.command == "resolve":
+        print(reg.resolve(args.ref, args.cache_dir))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (RegistryError, ConfigError, ValueError) as exc:
+        print(exc if str(exc).startswith(("registry:", "config:")) else f"registry: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
