@@ -258,6 +258,7 @@ class DecodeClips:
                     error = f"{type(exc).__name__}: {exc}"
             log.warning("dropping bad sample %s: %s", key, error)
             bad.append((key, error))
+        # waited for (a round trip per batch) so that the counts are complete when a pass ends
         verdict = ray.get(self.counter.add.remote(len(keep), bad))
         if verdict:
             raise BadSamplesError(verdict)
