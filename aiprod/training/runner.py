@@ -1,0 +1,224 @@
+"""Driver side of a curriculum run: check everything, pick the workers, start one TorchTrainer.
+
+    summary = run_curriculum(cfg, RunOptions(data="out/shards/demo", storage="out/runs", run_name="demo"))
+
+One TorchTrainer runs the whole curriculum (one worker-group start-up, not one per phase); each
+phase has its own Ray dataset (`phase0`, `phase1`, ...) that the workers iterate in turn. The run
+lives in STORAGE/RUN_NAME/ (local or s3://): Ray Train's checkpoints and snapshot, config.yaml,
+metrics.jsonl, TensorBoard files, samples/, phases/, best/, summary.json and final/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiprod import storage
+from aiprod.config import Config, ConfigError, load_config, validate
+from aiprod.training import checkpoint as ckpt
+from aiprod.training.engine import deepspeed_config
+from aiprod.training.workers import WorkerPlan, choose_workers, cluster_gpus
+
+log = logging.getLogger("aiprod.training")
+
+RUN_CONFIG = "config.yaml"
+FAULT_ENV = {"kill_at_step": "AIPROD_FAULT_KILL_AT_STEP", "kill_rank": "AIPROD_FAULT_KILL_RANK",
+             "nan_at_step": "AIPROD_FAULT_NAN_AT_STEP", "nan_count": "AIPROD_FAULT_NAN_COUNT"}
+
+
+class RunExistsError(ValueError):
+    """A fresh run was asked for a run name that already has outputs."""
+
+
+@dataclass
+class RunOptions:
+    data: str
+    storage: str
+    run_name: str
+    start_phase: int = 0
+    end_phase: int | None = None
+    resume: bool = False
+    resume_phase: int | None = None
+    workers: str | int = "auto"
+    replace: bool = False  # delete an existing run of the same name first (demo runs)
+
+
+def run_uri(opts: RunOptions) -> str:
+    if not opts.run_name or "/" in opts.run_name or opts.run_name in (".", ".."):
+        raise ValueError(f"--run-name must be a plain name, got {opts.run_name!r}")
+    base = opts.storage if storage.is_s3(opts.storage) else str(Path(opts.storage).absolute())
+    return storage.join(base, opts.run_name)
+
+
+def run_exists(uri: str) -> bool:
+    return storage.exists(storage.join(uri, RUN_CONFIG)) or storage.exists(storage.join(uri, ckpt.RAY_SNAPSHOT))
+
+
+def stored_config(uri: str, overrides: list[str] = ()) -> Config:
+    """The resolved config a run was started with (for --resume), plus new overrides."""
+    source = storage.join(uri, RUN_CONFIG)
+    if not storage.exists(source):
+        raise FileNotFoundError(f"--resume: no run at {uri} (no {RUN_CONFIG})")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / RUN_CONFIG
+        local.write_bytes(storage.read_bytes(source))
+        return load_config(local, overrides)
+
+
+def check_config(cfg: Config, opts: RunOptions, plan: WorkerPlan) -> None:
+    """Everything that can be checked before a worker starts; raises ConfigError naming the key."""
+    import torch
+
+    from aiprod.models import build_model
+
+    phases = cfg.curriculum.phases
+    last = len(phases) - 1
+    end = last if opts.end_phase is None else opts.end_phase
+    problems = []
+    if not 0 <= opts.start_phase <= last:
+        problems.append(f"--start-phase {opts.start_phase} is out of range 0..{last}")
+    if not opts.start_phase <= end <= last:
+        problems.append(f"--end-phase {end} is out of range {opts.start_phase}..{last}")
+    if opts.resume_phase is not None and not opts.start_phase <= opts.resume_phase <= end:
+        problems.append(f"--resume-phase {opts.resume_phase} is out of range {opts.start_phase}..{end}")
+    if cfg.train.precision == "fp16" and not plan.use_gpu:
+        problems.append("train.precision=fp16 needs GPU workers (use fp32 or bf16 on CPU)")
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model)
+    except ValueError as exc:
+        problems.append(f"model: {exc}")
+        model = None
+    for i, phase in enumerate(phases):
+        where = f"curriculum.phases.{i}"
+        if model is not None:
+            try:
+                model.vae.check_frames(phase.frames)
+            except ValueError as exc:
+                problems.append(f"{where}.frames: {exc}")
+        try:
+            deepspeed_config(cfg.train, phase, plan.num_workers)
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+    if cfg.model.vae.vgg16_weights and not Path(cfg.model.vae.vgg16_weights).is_file():
+        problems.append(f"model.vae.vgg16_weights: no file at {cfg.model.vae.vgg16_weights}")
+    if cfg.train.init_from and not storage.exists(storage.join(cfg.train.init_from, ckpt.MODEL_FILE)):
+        problems.append(f"train.init_from: no {ckpt.MODEL_FILE} in {cfg.train.init_from}")
+    if not storage.exists(storage.join(opts.data, "index.json")):
+        problems.append(f"--data: no index.json in {opts.data} (build shards with jobs/make_shards.py)")
+    if problems:
+        raise ConfigError("\n".join(p if p.startswith("config:") else f"config: {p}" for p in problems))
+
+
+def plan_workers(cfg: Config, requested: str | int) -> tuple[Config, WorkerPlan]:
+    requested = cfg.train.workers if requested == "auto" and cfg.train.workers != "auto" else requested
+    plan = choose_workers(cfg, requested, cluster_gpus())
+    cfg = validate(_apply(cfg, plan.overrides))
+    log.info("workers: %s", plan.reason)
+    print(f"workers: {plan.reason}", flush=True)
+    return cfg, plan
+
+
+def _apply(cfg: Config, overrides: list[str]) -> dict[str, Any]:
+    from aiprod.config import apply_override
+
+    tree = cfg.to_dict()
+    for override in overrides:
+        apply_override(tree, override)
+    return tree
+
+
+def fault_injection() -> dict[str, Any]:
+    """Test-only faults from the environment (see FAULT_ENV); empty in normal runs."""
+    faults: dict[str, Any] = {}
+    for key, env in FAULT_ENV.items():
+        raw = os.environ.get(env)
+        if raw:
+            faults[key] = int(raw)
+    return faults
+
+
+def steps_per_epoch(data_uri: str, cfg: Config, world: int, active: range) -> dict[int, int | None]:
+    """Optimizer steps per pass for phases whose LR schedule depends on it (epoch caps), from the
+    sample counts in index.json (an upper bound: clips too short for the phase are dropped later)."""
+    from aiprod.data.dataset import eligible_samples
+
+    out: dict[int, int | None] = {}
+    for i in active:
+        phase = cfg.curriculum.phases[i]
+        if phase.epochs is None or (phase.exit == "steps" and phase.steps is not None):
+            out[i] = None
+            continue
+        rows = eligible_samples(data_uri, phase, cfg.data, "train")
+        out[i] = rows // world // phase.batch_size // phase.grad_accum
+        if out[i] == 0:
+            raise ConfigError(f"config: curriculum.phases.{i}: {rows} clips give no full batch of "
+                              f"{phase.batch_size} x {phase.grad_accum} per worker on {world} workers")
+    return out
+
+
+def run_curriculum(cfg: Config, opts: RunOptions) -> dict[str, Any]:
+    """Run (or resume) the curriculum; returns the run's summary.json."""
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from aiprod.data.dataset import build_phase_dataset
+    from aiprod.training.loop import SUMMARY_FILE, train_loop_per_worker
+
+    uri = run_uri(opts)
+    cfg, plan = plan_workers(cfg, opts.workers)
+    check_config(cfg, opts, plan)
+    exists = run_exists(uri)
+    if exists and not opts.resume:
+        if not opts.replace:
+            raise RunExistsError(f"run '{opts.run_name}' already exists at {uri}: pass --resume to continue it "
+                                 "or choose another --run-name")
+        log.warning("replacing the existing run at %s", uri)
+        storage.delete(uri)
+    if opts.resume and not exists:
+        raise FileNotFoundError(f"--resume: no run named '{opts.run_name}' at {uri}")
+    if not opts.resume or not exists:
+        storage.write_text_atomic(storage.join(uri, RUN_CONFIG), cfg.to_yaml())
+
+    end = len(cfg.curriculum.phases) - 1 if opts.end_phase is None else opts.end_phase
+    active = range(opts.start_phase, end + 1)
+    # Our progress line reports throughput; Ray Data's per-dataset bars would drown it.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    datasets = {f"phase{i}": build_phase_dataset(opts.data, cfg.curriculum.phases[i], cfg.data, "train")
+                for i in active}
+    loop_config = {
+        "config": cfg.to_dict(), "run_uri": uri, "session": uuid.uuid4().hex[:12],
+        "start_phase": opts.start_phase, "end_phase": end, "resume_phase": opts.resume_phase,
+        "steps_per_epoch": {str(k): v for k, v in steps_per_epoch(opts.data, cfg, plan.num_workers, active).items()},
+        "faults": fault_injection(),
+    }
+    if storage.is_s3(uri):
+        storage_path, filesystem = opts.storage[len("s3://"):].rstrip("/"), storage.s3_filesystem()
+    else:
+        storage_path, filesystem = str(Path(opts.storage).absolute()), None
+    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if plan.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=opts.run_name, storage_path=storage_path, storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+        ),
+        datasets=datasets,
+    )
+    print(f"run: {uri} ({'resume' if opts.resume else 'new'}; phases {opts.start_phase}..{end})", flush=True)
+    trainer.fit()
+    return json.loads(storage.read_text(storage.join(uri, SUMMARY_FILE)))

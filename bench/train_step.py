@@ -1,0 +1,290 @@
+"""Training-step throughput: plain PyTorch vs the DeepSpeed engine vs Ray Train + DeepSpeed.
+
+    python bench/train_step.py [--preset tiny] [--phase 1] [--batch N] [--steps 30] [--threads N]
+                               [--repeats 3] [key.path=value ...]
+
+The same model (the phase's trained component: the denoiser + text encoder for a denoiser phase,
+with the frozen VAE encoding the clips), the same fixed batch and the same precision, trained by
+(a) a plain PyTorch loop with torch.optim.AdamW (+ grad clipping), (b) the DeepSpeed engine built
+exactly as the curriculum builds it (one rank, train.zero_stage), (c) Ray Train's TorchTrainer with
+one worker running (b) inside. Each is timed over `--steps` steps after `--warmup`, best of
+`--repeats` (the machine may be shared); (c) is timed inside its worker, so Ray's start-up is
+reported apart. With a GPU it also reports the denoiser's MFU in bf16, eager and torch.compile
+(`--mfu-preset cluster`), and the gtx1070 preset's first denoiser phase under an 8 GiB
+memory cap, fp32, TF32 off (peak memory). Last line: JSON {plain_samples_s, deepspeed_samples_s,
+ray_samples_s, deepspeed_vs_plain, ray_vs_deepspeed, ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from aiprod.config import Config, load_config  # noqa: E402
+
+H100_BF16_DENSE_TFLOPS = 989.0
+GTX1070_MEMORY_GIB = 8.0
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--phase", type=int, default=1, help="curriculum phase whose component is trained")
+    p.add_argument("--batch", type=int, help="per-step batch (default: the phase's batch_size)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads, all three")
+    p.add_argument("--mfu-preset", default="cluster", help="GPU only: preset whose denoiser MFU is reported")
+    p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="GPU bf16 dense peak")
+    p.add_argument("overrides", nargs="*")
+    return p.parse_args()
+
+
+# ------------------------------------------------------------------------------ setup
+
+
+def setup(cfg: Config, phase_index: int, batch: int, device: torch.device, seed: int = 0):
+    """(PhaseModule, video, captions) on `device`, identical for every contender."""
+    from aiprod.models import build_model
+    from aiprod.training.loop import PhaseModule, set_trainable
+
+    phase = cfg.curriculum.phases[phase_index]
+    torch.manual_seed(seed)
+    model = build_model(cfg.model)
+    model.denoiser.set_activation_checkpointing(
+        cfg.train.activation_checkpointing or cfg.model.denoiser.activation_checkpointing)
+    model.to(device)
+    set_trainable(model, phase.component)
+    video = torch.rand(batch, 3, phase.frames, phase.height, phase.width, generator=torch.Generator().manual_seed(1))
+    captions = [f"a red circle moving right, clip {i}" for i in range(batch)]
+    return PhaseModule(model, phase, cfg), (video * 2 - 1).to(device), captions
+
+
+def timed(step, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per step over `steps` steps after `warmup`."""
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def deepspeed_step_fn(cfg: Config, phase_index: int, batch: int, device: torch.device):
+    """A DeepSpeed engine as the curriculum builds it, and its step function."""
+    from aiprod.training.engine import autocast, build_engine
+
+    module, video, captions = setup(cfg, phase_index, batch, device)
+    phase = cfg.curriculum.phases[phase_index].model_copy(update={"batch_size": batch, "grad_accum": 1})
+    pe = build_engine(module, cfg.train, phase, world_size=1, total_steps=1_000_000)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def step() -> None:
+        with autocast(cfg.train.precision, device):
+            loss, _ = pe.engine(video, captions, generator)
+        pe.engine.backward(loss)
+        pe.engine.step()
+
+    return step
+
+
+# -------------------------------------------------------------------------- contenders
+
+
+def plain(cfg: Config, phase_index: int, batch: int, device: torch.device, steps: int, warmup: int) -> float:
+    from aiprod.training.engine import autocast
+
+    module, video, captions = setup(cfg, phase_index, batch, device)
+    params = [p for p in module.parameters() if p.requires_grad]
+    phase = cfg.curriculum.phases[phase_index]
+    optimizer = torch.optim.AdamW(params, lr=phase.lr, betas=tuple(cfg.train.betas),
+                                  weight_decay=cfg.train.weight_decay)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def step() -> None:
+        with autocast(cfg.train.precision, device):
+            loss, _ = module(video, captions, generator)
+        loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return batch / timed(step, steps, warmup, device)
+
+
+def deepspeed_direct(cfg: Config, phase_index: int, batch: int, device: torch.device, steps: int,
+                     warmup: int) -> float:
+    return batch / timed(deepspeed_step_fn(cfg, phase_index, batch, device), steps, warmup, device)
+
+
+def _ray_worker(config: dict) -> None:
+    import ray.train
+
+    from aiprod.config import validate
+    from aiprod.training.engine import worker_device
+
+    torch.set_num_threads(config["threads"])
+    cfg = validate(config["cfg"])
+    device = worker_device(cfg.train.use_gpu is True)
+    step = deepspeed_step_fn(cfg, config["phase"], config["batch"], device)
+    best = max(config["batch"] / timed(step, config["steps"], config["warmup"] if r == 0 else 0, device)
+               for r in range(config["repeats"]))
+    ray.train.report({"samples_s": best})
+
+
+def ray_train(cfg: Config, phase_index: int, batch: int, use_gpu: bool, steps: int, warmup: int, repeats: int,
+              threads: int) -> tuple[float, float]:
+    """(samples/s inside the worker, seconds from fit() to the result)."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=threads + 1, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"use_gpu": use_gpu})})
+    started = time.perf_counter()
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "phase": phase_index, "batch": batch, "steps": steps,
+                           "warmup": warmup, "repeats": repeats, "threads": threads},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": threads}),
+        run_config=ray.train.RunConfig(storage_path=str(Path("/tmp") / "aiprod-bench"), name=f"bench-{os.getpid()}"),
+    )
+    result = trainer.fit()
+    return float(result.metrics["samples_s"]), time.perf_counter() - started
+
+
+# ------------------------------------------------------------------------------ GPU extras
+
+
+def denoiser_mfu(preset: str, peak_tflops: float, steps: int, warmup: int) -> dict[str, float]:
+    """bf16 training-step MFU of the preset's denoiser (first denoiser phase), eager and compiled."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = load_config(preset, ["train.precision=bf16"])
+    index = next(i for i, p in enumerate(cfg.curriculum.phases) if p.component == "denoiser")
+    phase = cfg.curriculum.phases[index]
+    device = torch.device("cuda")
+    out: dict[str, float] = {}
+    for mode in ("eager", "compile"):
+        module, video, captions = setup(cfg, index, phase.batch_size, device)
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=phase.lr, fused=True)
+        forward = torch.compile(module.denoiser) if mode == "compile" else module.denoiser
+        from aiprod.diffusion import NoiseSchedule, decomposed_noise, encode_latents
+
+        schedule = NoiseSchedule(cfg.diffusion)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            latents = encode_latents(module._model, video)
+            text, mask = module.text.encode(captions, device)
+        t = schedule.sample_timesteps(latents.shape[0], device=device)
+        noise = decomposed_noise(latents.shape, cfg.diffusion.noise_lambda, device=device)
+        noisy = schedule.add_noise(latents, noise, t).detach()
+
+        def step() -> None:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = forward(noisy, t.float(), text.detach(), mask).float().pow(2).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        with FlopCounterMode(display=False) as counter:
+            step()
+        seconds = timed(step, steps, warmup, device)
+        out[f"mfu_{mode}"] = counter.get_total_flops() / seconds / (peak_tflops * 1e12)
+        out[f"denoiser_step_s_{mode}"] = seconds
+    return out
+
+
+def gtx1070_peak_gib(steps: int) -> float:
+    """The gtx1070 preset's first denoiser phase under an 8 GiB cap, fp32, TF32 off."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, GTX1070_MEMORY_GIB * 2**30 / total))
+    torch.cuda.reset_peak_memory_stats()
+    cfg = load_config("gtx1070")
+    index = next(i for i, p in enumerate(cfg.curriculum.phases) if p.component == "denoiser")
+    step = deepspeed_step_fn(cfg, index, cfg.curriculum.phases[index].batch_size, torch.device("cuda"))
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def init_single_rank(backend: str) -> None:
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update({"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    dist.init_process_group(backend, rank=0, world_size=1)
+
+
+def main() -> int:
+    args = parse_args()
+    cuda = torch.cuda.is_available()
+    cfg = load_config(args.preset, args.overrides)
+    if not cuda and cfg.train.precision == "fp16":
+        cfg = load_config(args.preset, [*args.overrides, "train.precision=fp32"])
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.set_num_threads(args.threads)
+    phase = cfg.curriculum.phases[args.phase]
+    batch = args.batch or phase.batch_size
+    init_single_rank("nccl" if cuda else "gloo")
+    print(f"preset {args.preset}, phase {args.phase} '{phase.name}' ({phase.component}), batch {batch}, "
+          f"{phase.frames}x{phase.height}x{phase.width}, {cfg.train.precision}, ZeRO-{cfg.train.zero_stage}, "
+          f"{device}, {args.threads} threads, {args.steps} steps x best of {args.repeats}", flush=True)
+
+    plain_rates, ds_rates = [], []
+    for _ in range(args.repeats):  # interleaved: a load spike hits both alike
+        plain_rates.append(plain(cfg, args.phase, batch, device, args.steps, args.warmup))
+        ds_rates.append(deepspeed_direct(cfg, args.phase, batch, device, args.steps, args.warmup))
+    plain_s, ds_s = max(plain_rates), max(ds_rates)
+    ray_s, ray_wall = ray_train(cfg, args.phase, batch, cuda, args.steps, args.warmup, args.repeats, args.threads)
+
+    result = {
+        "plain_samples_s": round(plain_s, 3), "deepspeed_samples_s": round(ds_s, 3), "ray_samples_s": round(ray_s, 3),
+        "deepspeed_vs_plain": round(ds_s / plain_s, 3), "ray_vs_deepspeed": round(ray_s / ds_s, 3),
+        "ray_fit_wall_s": round(ray_wall, 1), "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "threads": args.threads, "preset": args.preset, "phase": args.phase, "batch": batch,
+        "precision": cfg.train.precision, "zero_stage": cfg.train.zero_stage,
+    }
+    if cuda:
+        result.update({k: round(v, 4) for k, v in denoiser_mfu(args.mfu_preset, args.peak_tflops, 10, 3).items()})
+        result["gtx1070_peak_gib"] = round(gtx1070_peak_gib(steps=3), 2)
+    print(f"{'contender':<28}{'samples/s':>12}")
+    for name, rate in (("(a) plain PyTorch + AdamW", plain_s), ("(b) DeepSpeed engine", ds_s),
+                       ("(c) Ray Train + DeepSpeed", ray_s)):
+        print(f"{name:<28}{rate:>12.2f}")
+    print(f"b/a = {result['deepspeed_vs_plain']}  (goal >= 0.95)   c/b = {result['ray_vs_deepspeed']}  (goal >= 0.97)")
+    print(json.dumps(result), flush=True)
+    import ray
+
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Train the curriculum on Ray Train + DeepSpeed (thin CLI over aiprod.training.runner).
+
+    python jobs/curriculum.py --demo --storage out/runs --run-name demo
+    python jobs/curriculum.py --preset cluster --data s3://bucket/shards --storage s3://bucket/runs \
+        --run-name r1 train.zero_stage=3 curriculum.phases.3.lr=5e-5
+    python jobs/curriculum.py --run-name r1 --storage s3://bucket/runs --resume
+    ray job submit --working-dir . -- python jobs/curriculum.py --preset cluster ...
+
+Starts a local Ray, or joins the one at RAY_ADDRESS / a running local cluster (`--ray-address`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aiprod import storage  # noqa: E402
+from aiprod.config import ConfigError, load_config, load_overrides_file  # noqa: E402
+
+DEMO_SHARDS = "out/shards/demo"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", help="preset name (tiny, gtx1070, cluster)")
+    p.add_argument("--config", help="YAML config file (may say `base: PRESET`)")
+    p.add_argument("--overrides-file", help="YAML mapping of key.path: value")
+    p.add_argument("--data", help="shard dir or s3:// prefix holding index.json (default: data.uri)")
+    p.add_argument("--storage", help="run outputs root, local or s3:// (default: train.storage)")
+    p.add_argument("--run-name", help="run directory name under --storage")
+    p.add_argument("--start-phase", type=int, default=0)
+    p.add_argument("--end-phase", type=int)
+    p.add_argument("--resume", action="store_true", help="continue the named run from its last good checkpoint")
+    p.add_argument("--resume-phase", type=int, help="with --resume: restart at this phase, keeping the weights")
+    p.add_argument("--workers", default="auto", help="'auto' or a worker count")
+    p.add_argument("--demo", action="store_true",
+                   help=f"tiny preset; builds synthetic shards in {DEMO_SHARDS} when --data is not given")
+    p.add_argument("--ray-address", help="Ray address; 'local' starts a new local cluster (default: "
+                   "RAY_ADDRESS, else a running local cluster, else a new one)")
+    p.add_argument("overrides", nargs="*", help="key.path=value")
+    args = p.parse_args(argv)
+    if args.resume_phase is not None:
+        args.resume = True
+    if args.workers != "auto" and not args.workers.isdigit():
+        p.error(f"--workers must be 'auto' or a positive count, got {args.workers!r}")
+    return args
+
+
+def load(args: argparse.Namespace):
+    from aiprod.training.runner import RunOptions, run_uri, stored_config
+
+    overrides = load_overrides_file(args.overrides_file) if args.overrides_file else []
+    overrides += args.overrides
+    base = args.config or args.preset or ("tiny" if args.demo else None)
+    run_name = args.run_name or ("demo" if args.demo else None)
+    if not run_name:
+        raise ConfigError("config: --run-name is required")
+    if args.resume and base is None:
+        storage_root = args.storage or load_config("tiny").train.storage
+        cfg = stored_config(run_uri(RunOptions(data="", storage=storage_root, run_name=run_name)), overrides)
+    else:
+        cfg = load_config(base or "tiny", overrides)
+    data = args.data or cfg.data.uri or (DEMO_SHARDS if args.demo else None)
+    if data is None:
+        raise ConfigError("config: no data: pass --data URI or set data.uri")
+    opts = RunOptions(data=data, storage=args.storage or cfg.train.storage, run_name=run_name,
+                      start_phase=args.start_phase, end_phase=args.end_phase, resume=args.resume,
+                      resume_phase=args.resume_phase, workers=args.workers, replace=args.demo and not args.resume)
+    return cfg, opts
+
+
+def build_demo_shards(cfg, uri: str) -> None:
+    from aiprod.data.shards import build_synthetic_shards
+
+    if storage.exists(storage.join(uri, "index.json")):
+        return
+    phases = cfg.curriculum.phases
+    size = (max(p.height for p in phases), max(p.width for p in phases))
+    print(f"demo: building {cfg.train.demo_clips} synthetic clips in {uri}", flush=True)
+    build_synthetic_shards(uri, cfg.train.demo_clips, levels=(1, 2, 3, 4, 5), size=size,
+                           frames=max(p.frames for p in phases), fps=phases[0].fps, seed=cfg.data.seed,
+                           data=cfg.data, progress=True)
+
+
+def init_ray(cfg, address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": {"PYTHONPATH": str(ROOT)}}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        ray.init(address=address, runtime_env=runtime_env)
+        return
+    if address is None:
+        try:
+            ray.init(address="auto", runtime_env=runtime_env)
+            return
+        except ConnectionError:
+            pass
+    workers = cfg.train.workers if isinstance(cfg.train.workers, int) else cfg.train.cpu_workers
+    # Logical CPUs: the training workers plus the data pipeline's decoders, even on 2 cores.
+    data_cpus = cfg.data.decode_workers + cfg.data.read_workers
+    cpus = max(os.cpu_count() or 1, math.ceil(workers * cfg.train.cpus_per_worker) + data_cpus + 1)
+    ray.init(num_cpus=cpus, runtime_env=runtime_env, include_dashboard=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    try:
+        cfg, opts = load(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.demo and args.data is None:
+        build_demo_shards(cfg, opts.data)
+    from aiprod.training.runner import RunExistsError, run_curriculum
+
+    init_ray(cfg, args.ray_address)
+    try:
+        summary = run_curriculum(cfg, opts)
+    except (ConfigError, RunExistsError, FileNotFoundError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    last = summary["phases"][-1] if summary["phases"] else {}
+    print(f"done: {summary['global_step']} steps in {len(summary['phases'])} phases, last loss "
+          f"{last.get('last_loss')}; outputs in {summary['run']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
