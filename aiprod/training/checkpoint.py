@@ -201,10 +201,15 @@ class Found:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, what was wrong)
 
 
-def find_latest_good(run_uri: str, verify: bool = True) -> Found | None:
+def find_latest_good(run_uri: str, verify: bool = True, reported: set[str] = frozenset()) -> Found | None:
     """The newest committed checkpoint that verifies; corrupt or partial ones are skipped with a
-    warning naming what is wrong (and listed in `skipped`). None: no usable checkpoint."""
+    warning naming what is wrong (and listed in `skipped`). None: no usable checkpoint.
+
+    `reported`: names every rank of the running group has already uploaded; Ray Train records
+    them in its snapshot asynchronously, so they count as committed before the snapshot says so."""
     committed = committed_names(run_uri)
+    if committed is not None or reported:
+        committed = (committed or set()) | set(reported)
     skipped: list[tuple[str, str]] = []
     for name in list_checkpoints(run_uri):
         if committed is not None and name not in committed:

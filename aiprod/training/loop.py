@@ -133,6 +133,8 @@ class Worker:
             torch.backends.cudnn.allow_tf32 = self.cfg.train.tf32
         # A new id per worker-group start: a restart never reuses a checkpoint dir name.
         self.attempt = _broadcast(uuid.uuid4().hex[:8])
+        self.reported: set[str] = set()  # checkpoints this worker group has fully reported
+        self.rollbacks = 0
         self.generator = torch.Generator(device=self.device)
         self.logger = RunLogger(self.run_uri) if self.rank == 0 else None
         self.config_yaml = self.cfg.to_yaml()
@@ -171,7 +173,8 @@ class Worker:
         """Model + curriculum from the newest good checkpoint of this run (or a fresh start)."""
         found = None
         if self.rank == 0:
-            found = ckpt.find_latest_good(self.run_uri, verify=self.cfg.checkpoint.verify)
+            found = ckpt.find_latest_good(self.run_uri, verify=self.cfg.checkpoint.verify,
+                                          reported=self.reported)
             for name, problems in found.skipped if found else []:
                 self._say(f"WARNING: checkpoint {name} is corrupt or partial ({problems}); using the one before")
                 self._log({"event": "checkpoint_skipped", "name": name, "problems": problems})
@@ -411,8 +414,10 @@ class Worker:
             trained = gathered_state_dict(self.phase_engine) if self.phase_engine is not None else None
             full_state = ckpt.model_state(self.model, trained) if self.rank == 0 else None
         name = ckpt.checkpoint_name(self.cur.global_step, min(self.cur.current, self.cur.end), self.attempt)
-        metrics = {"global_step": self.cur.global_step, "phase": self.cur.current, "why": why,
-                   "loss": (self.cur.phases[min(self.cur.current, self.cur.end)].losses or [float("nan")])[-1]}
+        # the newest loss of the newest phase that has one (at a phase end the next has none yet)
+        seen = self.cur.phases[:min(self.cur.current, self.cur.end) + 1]
+        last_loss = next((p.losses[-1] for p in reversed(seen) if p.losses), None)
+        metrics = {"global_step": self.cur.global_step, "phase": self.cur.current, "why": why, "loss": last_loss}
         with tempfile.TemporaryDirectory(prefix="aiprod-ckpt-") as tmp:
             probe = None
             if why == "interval" and self.probe is not None:
@@ -421,6 +426,7 @@ class Worker:
             ckpt.write_checkpoint(Path(tmp), engine, full_state, self.state(), self.config_yaml, self.generator,
                                   self.rank, probe)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+        self.reported.add(name)
         self._log({"event": "checkpoint", "name": name, "why": why})
         if self.logger is not None:
             self.logger.sync()
@@ -429,6 +435,10 @@ class Worker:
         """Back to the last good checkpoint, keeping the NaN counters, with lr x nan_lr_factor."""
         failed = self.cur.current
         old = self.cur.progress
+        # Steps after the rollback point are trained again: their checkpoints need new names,
+        # or Ray Train would register (and later delete) one directory twice.
+        self.rollbacks += 1
+        self.attempt = f"{self.attempt.split('r')[0]}r{self.rollbacks}"
         destroy_engine(self.phase_engine)
         self.phase_engine = None
         self.restore()
