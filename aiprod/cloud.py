@@ -482,7 +482,7 @@ def setup(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aiprod.cloud", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m aiprod.cloud", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True)
     p_check = sub.add_parser("check", help="validate cluster.yaml (schema + security invariants)")
     p_check.add_argument("cluster_yaml", nargs="?", default=str(DEFAULT_CLUSTER_YAML))

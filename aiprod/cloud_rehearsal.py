@@ -267,7 +267,7 @@ def rehearse(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aiprod.cloud_rehearsal", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m aiprod.cloud_rehearsal", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--cluster-yaml", default=str(DEFAULT_CLUSTER_YAML))
     parser.add_argument("--out", help="work dir (logs, report.json); default: a temp dir")
     parser.add_argument("--idle-timeout-s", type=float, default=10.0)

@@ -5,7 +5,7 @@
     python -m aiprod.config --schema                           # JSON schema
 
 Every section forbids unknown keys; errors name the full key path, the bad value and what is
-allowed (`config: curriculum.phases.1.lr must be greater than 0, got -1`).
+allowed (`config: curriculum.phases.1.lr: input should be greater than 0, got -1`).
 """
 
 from __future__ import annotations
@@ -637,7 +637,7 @@ def schema() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aiprod.config", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m aiprod.config", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--preset", default="tiny", help=f"one of {available_presets()} or a YAML path")
     parser.add_argument("--config", help="YAML file (may say `base: PRESET`)")
     parser.add_argument("--schema", action="store_true", help="print the JSON schema and exit")

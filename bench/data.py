@@ -110,7 +110,7 @@ def hd_decode(seconds: float, fps: float, repeats: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--clips", type=int, default=320)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--frames", type=int, default=16)

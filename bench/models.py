@@ -43,7 +43,7 @@ def time_step(model: HybridBackbone, inputs: tuple, dtype: torch.dtype | None, r
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--preset", default="gtx1070")
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--height", type=int, default=256)

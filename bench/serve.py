@@ -107,7 +107,7 @@ def alert_body(i: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--requests", type=int, default=30, help="sequential requests per side")
     parser.add_argument("--clients", type=int, default=8, help="concurrent emergency clients")
     parser.add_argument("--load-s", type=float, default=20.0, help="duration of the concurrent load")

@@ -37,7 +37,7 @@ GTX1070_MEMORY_GIB = 8.0
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--preset", default="tiny")
     p.add_argument("--phase", type=int, default=1, help="curriculum phase whose component is trained")
     p.add_argument("--batch", type=int, help="per-step batch (default: the phase's batch_size)")

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import os
 import sys
 from pathlib import Path
 
@@ -23,12 +21,13 @@ sys.path.insert(0, str(ROOT))
 
 from aiprod import storage  # noqa: E402
 from aiprod.config import ConfigError, load_config, load_overrides_file  # noqa: E402
+from aiprod.ray_local import init_ray  # noqa: E402
 
 DEMO_SHARDS = "out/shards/demo"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--preset", help="preset name (tiny, gtx1070, cluster)")
     p.add_argument("--config", help="YAML config file (may say `base: PRESET`)")
     p.add_argument("--overrides-file", help="YAML mapping of key.path: value")
@@ -89,27 +88,10 @@ def build_demo_shards(cfg, uri: str) -> None:
                            data=cfg.data, progress=True)
 
 
-def init_ray(cfg, address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    runtime_env = {"env_vars": {"PYTHONPATH": str(ROOT)}}
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address and address != "local":
-        ray.init(address=address, runtime_env=runtime_env)
-        return
-    if address is None:
-        try:
-            ray.init(address="auto", runtime_env=runtime_env)
-            return
-        except ConnectionError:
-            pass
+def cpus_needed(cfg) -> float:
+    """Logical CPUs a new local cluster needs: the training workers plus the data pipeline."""
     workers = cfg.train.workers if isinstance(cfg.train.workers, int) else cfg.train.cpu_workers
-    # Logical CPUs: the training workers plus the data pipeline's decoders, even on 2 cores.
-    data_cpus = cfg.data.decode_workers + cfg.data.read_workers
-    cpus = max(os.cpu_count() or 1, math.ceil(workers * cfg.train.cpus_per_worker) + data_cpus + 1)
-    ray.init(num_cpus=cpus, runtime_env=runtime_env, include_dashboard=False)
+    return workers * cfg.train.cpus_per_worker + cfg.data.decode_workers + cfg.data.read_workers + 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         build_demo_shards(cfg, opts.data)
     from aiprod.training.runner import RunExistsError, run_curriculum
 
-    init_ray(cfg, args.ray_address)
+    init_ray(cpus_needed(cfg), args.ray_address)
     try:
         summary = run_curriculum(cfg, opts)
     except (ConfigError, RunExistsError, FileNotFoundError) as exc:

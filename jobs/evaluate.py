@@ -26,7 +26,7 @@ from aiprod.config import ConfigError, RegistryConfig  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="weights dir or s3:// prefix (model.safetensors + config.yaml)")
     which.add_argument("--version", help="registry version name, 'production' or 'latest'")

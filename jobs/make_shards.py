@@ -25,7 +25,7 @@ from aiprod.data import shards  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", help="directory of videos (local or s3://)")
     src.add_argument("--synthetic", type=int, metavar="N", help="make N synthetic clips instead")

@@ -27,7 +27,7 @@ from aiprod.registry import Registry, RegistryError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--root", help="registry root: local dir or s3:// prefix (default: registry.root)")
     p.add_argument("--preset", default="tiny", help="preset for registry.* and eval.gates")
     p.add_argument("--config", help="YAML config file (overrides --preset)")

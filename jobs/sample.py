@@ -21,7 +21,7 @@ from aiprod.diffusion.pipeline import MODES, CheckpointError, VideoPipeline  # n
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--checkpoint", required=True, help="dir or s3:// prefix with model.safetensors + config.yaml")
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", required=True, help="output .mp4 path")

@@ -100,3 +100,16 @@ def tiny_config():
     from aiprod.config import load_config
 
     return load_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors gain nothing from threads, and on a shared 2-core machine OpenMP's spinning
+    threads slowed some tests ~30x; restored afterwards. Use with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

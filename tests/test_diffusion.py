@@ -23,14 +23,7 @@ from aiprod.diffusion.sampler import guided_prediction, translate, warp_first_fr
 from aiprod.models import VideoModel, build_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors gain nothing from threads, and on a shared 2-core machine OpenMP's spinning
-    threads slowed these tests ~30x; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(*overrides: str):

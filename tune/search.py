@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
 import sys
 from pathlib import Path
 
@@ -24,10 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aiprod.config import ConfigError, load_config, load_overrides_file  # noqa: E402
+from aiprod.ray_local import init_ray  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--preset", help="preset name (tiny, gtx1070, cluster)")
     p.add_argument("--config", help="YAML config file (may say `base: PRESET`)")
     p.add_argument("--overrides-file", help="YAML mapping of key.path: value")
@@ -48,28 +47,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def init_ray(cfg, address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    runtime_env = {"env_vars": {"PYTHONPATH": str(ROOT)}}
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address and address != "local":
-        ray.init(address=address, runtime_env=runtime_env)
-        return
-    if address is None:
-        try:
-            ray.init(address="auto", runtime_env=runtime_env)
-            return
-        except ConnectionError:
-            pass
-    # Logical CPUs for the trials' workers and the data pipeline, even on a 2-core machine.
-    cpus = max(os.cpu_count() or 1, math.ceil(cfg.tune.workers_per_trial * cfg.train.cpus_per_worker)
-               + cfg.data.decode_workers + 1)
-    ray.init(num_cpus=cpus, runtime_env=runtime_env, include_dashboard=False)
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
@@ -84,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         storage_root = args.storage or cfg.train.storage.rstrip("/").rsplit("/", 1)[0] + "/tune"
         opts = SearchOptions(data=data, storage=storage_root, name=args.name, samples=args.samples,
                              max_concurrent=args.max_concurrent, resume=args.resume)
-        init_ray(cfg, args.ray_address)
+        init_ray(cfg.tune.workers_per_trial * cfg.train.cpus_per_worker + cfg.data.decode_workers + 1,
+                 args.ray_address)
         summary = run_search(cfg, opts)
     except (ConfigError, FileNotFoundError) as exc:
         print(exc, file=sys.stderr)

@@ -313,7 +313,7 @@ def render_alert(
 
 def main(argv: list[str] | None = None) -> int:
     library = load_library()
-    parser = argparse.ArgumentParser(prog="python -m aiprod.emergency", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m aiprod.emergency", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("emergency_type", choices=library.types())
     parser.add_argument("--language", default="en")
     parser.add_argument("--variation", type=int)

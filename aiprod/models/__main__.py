@@ -58,7 +58,7 @@ def parameter_table(cfg: ModelConfig, depth: int = 2) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aiprod.models", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m aiprod.models", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--preset", default="tiny", help=f"one of {available_presets()} or a YAML path")
     parser.add_argument("--depth", type=int, default=2, help="submodule levels in the breakdown")
     parser.add_argument("overrides", nargs="*", help="key.path=value")

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,21 @@ def check_config(cfg: Config, opts: RunOptions, plan: WorkerPlan) -> None:
         problems.append(f"--data: no index.json in {opts.data} (build shards with jobs/make_shards.py)")
     if problems:
         raise ConfigError("\n".join(p if p.startswith("config:") else f"config: {p}" for p in problems))
+    warn_untrained_vae(cfg, opts)
+
+
+def warn_untrained_vae(cfg: Config, opts: RunOptions) -> None:
+    """A denoiser learns the VAE's latent space: training one on a random VAE is almost always a
+    mistake (a --start-phase past the VAE phases, or a preset that expects train.init_from)."""
+    phases = cfg.curriculum.phases
+    first = phases[opts.start_phase] if 0 <= opts.start_phase < len(phases) else None
+    if first is None or first.component != "denoiser" or cfg.train.init_from or opts.resume:
+        return
+    message = (f"WARNING: phase {opts.start_phase} '{first.name}' trains the denoiser, but no VAE phase runs "
+               "before it and train.init_from is not set: the VAE and text encoder start untrained. "
+               "Set train.init_from to a run's final/ (or a checkpoint) to start from trained ones.")
+    log.warning(message)
+    print(message, flush=True)
 
 
 def plan_workers(cfg: Config, requested: str | int) -> tuple[Config, WorkerPlan]:
@@ -164,8 +180,9 @@ def steps_per_epoch(data_uri: str, cfg: Config, world: int, active: range) -> di
     return out
 
 
-def run_curriculum(cfg: Config, opts: RunOptions) -> dict[str, Any]:
-    """Run (or resume) the curriculum; returns the run's summary.json."""
+def run_curriculum(cfg: Config, opts: RunOptions, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Run (or resume) the curriculum; returns the run's summary.json. `callbacks`: Ray Train
+    callbacks for the run (the tune search judges each reported checkpoint with one)."""
     import ray
     import ray.data
     import ray.train
@@ -187,6 +204,7 @@ def run_curriculum(cfg: Config, opts: RunOptions) -> dict[str, Any]:
     if opts.resume and not exists:
         raise FileNotFoundError(f"--resume: no run named '{opts.run_name}' at {uri}")
     if not opts.resume or not exists:
+        cfg.data.uri = opts.data  # recorded, so `--resume` finds the run's data by itself
         storage.write_text_atomic(storage.join(uri, RUN_CONFIG), cfg.to_yaml())
 
     end = len(cfg.curriculum.phases) - 1 if opts.end_phase is None else opts.end_phase
@@ -216,6 +234,7 @@ def run_curriculum(cfg: Config, opts: RunOptions) -> dict[str, Any]:
             name=opts.run_name, storage_path=storage_path, storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+            callbacks=list(callbacks) or None,
         ),
         datasets=datasets,
     )

@@ -22,6 +22,8 @@ from aiprod.tuning.objective import Objective
 
 TRIALS_DIR = "trials"  # the trials' curriculum runs: SEARCH/trials/<trial id>/
 STARTS_DIR = "starts"  # one marker per trial start: SEARCH/starts/<trial id>-<uuid>.json
+RESULTS_FILE = "tune_results.jsonl"  # SEARCH/trials/<trial id>/: what the trial reported to Tune
+SUMMARY_FILE = "summary.json"  # written by the curriculum run when it finishes
 
 
 @dataclass
@@ -34,8 +36,10 @@ class TrialContext:
     objective: Objective
 
 
-def make_report_callback(objective: Objective):
-    """A Ray Train callback: on each checkpoint report, the validation figure -> Tune."""
+def make_report_callback(objective: Objective, record_uri: str):
+    """A Ray Train callback: on each checkpoint report, the validation figure -> Tune. Each result
+    is also kept in `record_uri` (JSON lines), so a finished trial that Tune restarts after an
+    interruption replays its results instead of training again."""
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
     class ValidationReport(TuneReportCallback):
@@ -43,6 +47,7 @@ def make_report_callback(objective: Objective):
             super().__init__()
             self.objective = objective
             self.last = time.monotonic()
+            self.records: list[dict[str, Any]] = []
 
         def after_report(self, run_context, metrics, checkpoint) -> None:
             if checkpoint is None:  # the run's final report carries no weights to judge
@@ -54,10 +59,22 @@ def make_report_callback(objective: Objective):
                 result.update(self.objective(local))
             result["val_s"] = time.monotonic() - started
             result[CHECKPOINT_PATH_KEY] = checkpoint.path
+            self.records.append(result)
+            storage.write_text_atomic(record_uri, "".join(json.dumps(r) + "\n" for r in self.records))
             self.last = time.monotonic()
             self._training_actor_item_queue.put(result)
 
     return ValidationReport()
+
+
+def finished_results(run: str) -> list[dict[str, Any]] | None:
+    """The recorded results of a trial whose training run finished, else None."""
+    summary, record = storage.join(run, SUMMARY_FILE), storage.join(run, RESULTS_FILE)
+    if not (storage.exists(summary) and storage.exists(record)):
+        return None
+    if json.loads(storage.read_text(summary)).get("status") != "finished":
+        return None
+    return [json.loads(line) for line in storage.read_text(record).splitlines() if line.strip()]
 
 
 def run_trial(params: dict[str, Any], context: TrialContext) -> None:
@@ -71,6 +88,12 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     cfg = space.apply(base, space.trial_overrides(base, sampled))
     phases = space.tuned_phases(base)
     trial_id = ray.tune.get_context().get_trial_id()
+    run = storage.join(context.search_uri, TRIALS_DIR, trial_id)
+    done = finished_results(run)
+    if done is not None:  # trained before an interruption, restarted by Tuner.restore: replay
+        for result in done:
+            ray.tune.report(result)
+        return
     storage.write_text_atomic(
         storage.join(context.search_uri, STARTS_DIR, f"{trial_id}-{uuid.uuid4().hex[:8]}.json"),
         json.dumps({"trial_id": trial_id, "params": sampled, "time": time.time()}),
@@ -80,21 +103,4 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         start_phase=phases.start, end_phase=phases.stop - 1, workers=base.tune.workers_per_trial,
         replace=True,  # an unfinished trial restarted by --resume begins again
     )
-    callbacks = [make_report_callback(context.objective)]
-    import inspect
-    if "callbacks" in inspect.signature(run_curriculum).parameters:
-        run_curriculum(cfg, opts, callbacks=callbacks)
-    else:  # TEMPORARY (scratch): until runner.run_curriculum takes callbacks
-        import ray.train.torch as rtt
-        original = rtt.TorchTrainer
-
-        class WithCallbacks(original):
-            def __init__(self, *a, run_config=None, **kw):
-                run_config.callbacks = list(run_config.callbacks or []) + callbacks
-                super().__init__(*a, run_config=run_config, **kw)
-
-        rtt.TorchTrainer = WithCallbacks
-        try:
-            run_curriculum(cfg, opts)
-        finally:
-            rtt.TorchTrainer = original
+    run_curriculum(cfg, opts, callbacks=[make_report_callback(context.objective, storage.join(run, RESULTS_FILE))])
