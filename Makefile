@@ -27,7 +27,9 @@ system-deps:
 run: $(STAMP)
 	$(PY) jobs/curriculum.py --demo --storage out/runs --run-name demo
 	$(PY) jobs/evaluate.py --checkpoint out/runs/demo/final --data out/shards/demo --out out/report
-	@echo "sample video and report in out/"
+	cp out/runs/demo/samples/final.mp4 out/sample.mp4
+	@echo "sample video: out/sample.mp4 (per-phase samples and contact sheets in out/runs/demo/samples/)"
+	@echo "report: out/report/report.html (+ report.json, contact_sheet.png, loss_curves.png)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
