@@ -1,5 +1,6 @@
 """Rehearse a cloud burst on one machine: cluster.yaml's worker types on Ray's fake multi-node
-provider, with token authentication on, a job that needs two worker nodes, and scale-down.
+provider, with token authentication on, the tiny curriculum across two launched worker nodes,
+and scale-down.
 
     python -m aiprod.cloud_rehearsal --out out/rehearsal      # prints one JSON report
 
@@ -170,42 +171,47 @@ def run_driver(address: str, env: dict[str, str], script: str, timeout_s: float)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# The job: two tasks that must land on two different worker nodes (STRICT_SPREAD placement
-# group over bundles the 0-CPU head cannot hold), then an idle wait while the nodes go away.
-SPREAD_JOB = r"""
-import json, os, sys, time, socket
+# The job: the tiny curriculum (phases 0-1) with its two training workers STRICT_SPREAD over
+# worker nodes the 0-CPU head cannot hold, watched from a driver that counts the worker nodes;
+# then an idle wait while the nodes go away.
+CURRICULUM_JOB = r"""
+import json, os, subprocess, sys, time
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 ray.init(address=sys.argv[1], log_to_driver=False)
 def workers():
     return [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+work = os.environ["REHEARSAL_WORKDIR"]
 before = len(workers())
 t0 = time.monotonic()
-pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
-ray.get(pg.ready(), timeout=float(os.environ["REHEARSAL_UP_TIMEOUT_S"]))
-up_s = time.monotonic() - t0
-
-@ray.remote(num_cpus=1)
-def where(x):
-    import torch
-    return {"node": ray.get_runtime_context().get_node_id(), "sum": float(torch.ones(x).sum()),
-            "type": os.environ.get("RAY_NODE_TYPE_NAME", "")}
-
-results = ray.get([
-    where.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)).remote(8)
-    for i in range(2)
-])
-remove_placement_group(pg)
-types = {n["NodeID"]: n.get("Labels", {}) for n in ray.nodes() if n["Alive"]}
-peak = len(workers())
+cmd = [sys.executable, os.path.join(os.environ["REHEARSAL_ROOT"], "jobs", "curriculum.py"), "--demo",
+       "--storage", os.path.join(work, "runs"), "--run-name", "rehearsal", "--end-phase", "1", "--workers", "2",
+       "--ray-address", sys.argv[1], "train.placement_strategy=STRICT_SPREAD"]
+with open(os.path.join(work, "curriculum.log"), "wb") as log:
+    proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT)
+    peak, up_s, labels = before, None, {}
+    deadline = t0 + float(os.environ["REHEARSAL_UP_TIMEOUT_S"])
+    while proc.poll() is None:
+        alive = workers()
+        labels.update({n["NodeID"]: n.get("Labels", {}) for n in alive})
+        peak = max(peak, len(alive))
+        if up_s is None and len(alive) >= 2:
+            up_s = time.monotonic() - t0
+        if time.monotonic() > deadline:
+            proc.kill()
+        time.sleep(1)
+run_s = time.monotonic() - t0
+summary_path = os.path.join(work, "runs", "rehearsal", "summary.json")
+summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
+nodes = summary.get("worker_nodes", [])
+curriculum = {"returncode": proc.returncode, "status": summary.get("status"), "global_step": summary.get("global_step"),
+              "phases": [p["name"] for p in summary.get("phases", [])], "worker_nodes": nodes, "run_s": run_s}
 t1 = time.monotonic()
 deadline = t1 + float(os.environ["REHEARSAL_DOWN_TIMEOUT_S"])
 while workers() and time.monotonic() < deadline:
     time.sleep(1)
-print(json.dumps({"workers_before": before, "workers_peak": peak, "scale_up_s": up_s,
-                  "results": results, "labels": {r["node"]: types.get(r["node"], {}) for r in results},
+print(json.dumps({"workers_before": before, "workers_peak": peak, "scale_up_s": up_s, "curriculum": curriculum,
+                  "labels": {n: labels.get(n, {}) for n in nodes},
                   "workers_after": len(workers()), "scale_down_s": time.monotonic() - t1}))
 """
 
@@ -225,10 +231,10 @@ except Exception as exc:
 def rehearse(
     cluster_yaml: str | Path = DEFAULT_CLUSTER_YAML,
     workdir: str | Path | None = None,
-    worker_cpus: int = 1,
+    worker_cpus: int = 3,  # logical: a training worker + the data pipeline's tasks
     max_per_type: int = 2,
     idle_timeout_s: float = 10.0,
-    up_timeout_s: float = 240.0,
+    up_timeout_s: float = 480.0,
     down_timeout_s: float = 180.0,
 ) -> dict[str, Any]:
     cluster = load_cluster_yaml(cluster_yaml)
@@ -252,8 +258,9 @@ def rehearse(
         head.start(timeout_s=120)
         report["head_start_s"] = time.monotonic() - t0
         job_env = {**auth_env, "REHEARSAL_UP_TIMEOUT_S": str(up_timeout_s),
-                   "REHEARSAL_DOWN_TIMEOUT_S": str(down_timeout_s)}
-        report["job"] = run_driver(address, job_env, SPREAD_JOB, up_timeout_s + down_timeout_s + 120)
+                   "REHEARSAL_DOWN_TIMEOUT_S": str(down_timeout_s), "REHEARSAL_WORKDIR": str(work),
+                   "REHEARSAL_ROOT": str(Path(__file__).resolve().parents[1])}
+        report["job"] = run_driver(address, job_env, CURRICULUM_JOB, up_timeout_s + down_timeout_s + 120)
         report["right_token"] = run_driver(address, auth_env, TOKEN_PROBE, 120)
         wrong = work / "wrong_token"
         wrong.write_text("not-the-cluster-token-0123456789abcdef")

@@ -193,6 +193,8 @@ class TrainConfig(Section):
     use_gpu: bool | Literal["auto"] = "auto"
     cpu_workers: int = Field(2, ge=1, description="workers=auto on a cluster without GPUs")
     cpus_per_worker: float = Field(1.0, gt=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement of the training workers; STRICT_SPREAD: one per node")
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False

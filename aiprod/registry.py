@@ -167,13 +167,8 @@ class _LocalStore:
     def create(self, key: str, data: bytes) -> Any:
         """Create-only write: a token for `delete_created`, or None when the key exists."""
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        tmp = storage.write_temp_beside(target, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             try:
                 os.link(tmp, target)  # link fails if the target exists: create-only with full content
             except FileExistsError:

@@ -84,6 +84,17 @@ def write_bytes_atomic(uri: str | os.PathLike, data: bytes) -> None:
             f.write(data)
         return
     target = Path(uri)
+    tmp = write_temp_beside(target, data)
+    try:
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_temp_beside(target: Path, data: bytes) -> str:
+    """`data` in a new fsynced temp file in `target`'s directory (created if needed); its path."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
@@ -91,11 +102,10 @@ def write_bytes_atomic(uri: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def write_text_atomic(uri: str | os.PathLike, text: str) -> None:

@@ -283,9 +283,11 @@ def test_emergency_answers_from_templates_when_model_fails_or_is_slow(served):
 
 def test_full_standard_queue_answers_503_with_retry_after(served):
     try:
-        served.deploy(fault={"standard_model_delay_s": 1.0})
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda seed: served.video(seed=seed), range(8)))
+        # 16 at once against at most 2 replicas x (2 ongoing + 4 queued): some must be refused,
+        # however fast the autoscaler adds the second replica.
+        served.deploy(fault={"standard_model_delay_s": 2.0})
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda seed: served.video(seed=seed), range(16)))
     finally:
         served.deploy()
     codes = [r.status_code for r in answers]

@@ -103,6 +103,14 @@ def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
     return tensor.tolist()
 
 
+def _all_gather(obj: Any) -> list[Any]:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _broadcast(obj: Any) -> Any:
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return obj
@@ -133,6 +141,7 @@ class Worker:
             torch.backends.cudnn.allow_tf32 = self.cfg.train.tf32
         # A new id per worker-group start: a restart never reuses a checkpoint dir name.
         self.attempt = _broadcast(uuid.uuid4().hex[:8])
+        self.nodes = _all_gather(ray.get_runtime_context().get_node_id())  # each rank's Ray node
         self.reported: set[str] = set()  # checkpoints this worker group has fully reported
         self.rollbacks = 0
         self.generator = torch.Generator(device=self.device)
@@ -528,6 +537,7 @@ class Worker:
 
         summary = {"run": self.run_uri, "session": self.session, "status": "finished" if finished else "running",
                    "config_hash": self.cfg.hash(), "preset": self.cfg.preset, "workers": self.world,
+                   "worker_nodes": self.nodes,
                    "zero_stage": self.cfg.train.zero_stage, "precision": self.precision, **self.cur.summary()}
         write_file(self.run_uri, SUMMARY_FILE, json.dumps(summary, indent=1, default=float).encode())
 

@@ -229,7 +229,8 @@ def run_curriculum(cfg: Config, opts: RunOptions, callbacks: Sequence[Any] = ())
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if plan.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               placement_strategy=cfg.train.placement_strategy),
         run_config=ray.train.RunConfig(
             name=opts.run_name, storage_path=storage_path, storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
