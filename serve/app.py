@@ -279,6 +279,7 @@ def build_app(args: dict) -> serve.Application:
     cfg, user_config = resolve_app_config(AppArgs.model_validate(args or {}))
     config = cfg.to_dict()
     s = cfg.serve
-    standard = StandardGenerator.options(**deployment_options(s.standard), user_config=user_config).bind(config)
-    emergency = EmergencyGenerator.options(**deployment_options(s.emergency), user_config=user_config).bind(config)
-    return Ingress.options(**deployment_options(s.ingress)).bind(config, standard, emergency)
+    retry = s.retry_after_s
+    standard = StandardGenerator.options(**deployment_options(s.standard, retry), user_config=user_config).bind(config)
+    emergency = EmergencyGenerator.options(**deployment_options(s.emergency, retry), user_config=user_config).bind(config)
+    return Ingress.options(**deployment_options(s.ingress, retry)).bind(config, standard, emergency)

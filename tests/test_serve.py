@@ -283,8 +283,7 @@ def test_emergency_answers_from_templates_when_model_fails_or_is_slow(served):
 
 def test_full_standard_queue_answers_503_with_retry_after(served):
     try:
-        # 16 at once against at most 2 replicas x (2 ongoing + 4 queued): some must be refused,
-        # however fast the autoscaler adds the second replica.
+        # 16 at once against one replica holding 2 ongoing + 2 queued: some must be refused.
         served.deploy(fault={"standard_model_delay_s": 2.0})
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(lambda seed: served.video(seed=seed), range(16)))
@@ -295,7 +294,7 @@ def test_full_standard_queue_answers_503_with_retry_after(served):
     assert 200 in codes and 503 in codes, codes
     for r in answers:
         if r.status_code == 503:
-            assert r.headers["retry-after"] == str(TINY.serve.retry_after_s)
+            assert r.headers.get("retry-after") == str(TINY.serve.retry_after_s), (r.headers, r.text)
 
 
 def test_standard_model_failure_is_500_and_emergency_unaffected(served):

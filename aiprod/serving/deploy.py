@@ -8,12 +8,14 @@ from aiprod.config import Config, DeploymentConfig, load_config
 from aiprod.serving.schemas import AppArgs, UserConfig
 
 
-def deployment_options(dep: DeploymentConfig) -> dict[str, Any]:
-    """`Deployment.options(**...)` for one deployment section of serve: (ingress/standard/emergency)."""
+def deployment_options(dep: DeploymentConfig, retry_after_s: float) -> dict[str, Any]:
+    """`Deployment.options(**...)` for one deployment section of serve: (ingress/standard/emergency).
+    A request Serve itself turns away (a full queue) gets 503 with Retry-After, like our own 503s."""
     a = dep.autoscaling
     return {
         "max_ongoing_requests": dep.max_ongoing_requests,
         "max_queued_requests": dep.max_queued_requests,
+        "backpressure_config": {"status_code": 503, "retry_after_s": retry_after_s},
         "graceful_shutdown_timeout_s": dep.graceful_shutdown_timeout_s,
         "ray_actor_options": {"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus},
         "autoscaling_config": {
