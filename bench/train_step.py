@@ -145,7 +145,11 @@ def _ray_worker(config: dict) -> None:
     step = deepspeed_step_fn(cfg, config["phase"], config["batch"], device)
     best = max(config["batch"] / timed(step, config["steps"], config["warmup"] if r == 0 else 0, device)
                for r in range(config["repeats"]))
-    ray.train.report({"samples_s": best})
+    # Ray Train V2 keeps the metrics of checkpointed reports in Result.metrics: report a tiny one.
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ray.train.report({"samples_s": best}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def ray_train(cfg: Config, phase_index: int, batch: int, use_gpu: bool, steps: int, warmup: int, repeats: int,

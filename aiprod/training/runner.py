@@ -129,7 +129,6 @@ def warn_untrained_vae(cfg: Config, opts: RunOptions) -> None:
     message = (f"WARNING: phase {opts.start_phase} '{first.name}' trains the denoiser, but no VAE phase runs "
                "before it and train.init_from is not set: the VAE and text encoder start untrained. "
                "Set train.init_from to a run's final/ (or a checkpoint) to start from trained ones.")
-    log.warning(message)
     print(message, flush=True)
 
 

@@ -16,7 +16,7 @@ import io
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +121,22 @@ def search_exists(uri: str) -> bool:
     return tune.Tuner.can_restore(path, storage_filesystem=filesystem)
 
 
+def _error_line(error: BaseException | None) -> str:
+    """The exception's own message (a Ray task error's last line), not the Ray wrapper's header."""
+    if error is None:
+        return ""
+    cause = getattr(error, "cause", None) or error
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return (f"{type(cause).__name__}: {lines[-1]}" if lines else type(cause).__name__)[:300]
+
+
 def run_search(cfg: Config, opts: SearchOptions) -> dict[str, Any]:
     """Run (or resume) the search; returns summary.json's content."""
     import ray
 
     space.check_space(cfg)
+    if not storage.is_s3(opts.data):  # trials run in their own working directories
+        opts = replace(opts, data=str(Path(opts.data).absolute()))
     uri = search_uri(opts)
     exists = search_exists(uri)
     if exists and not opts.resume:
@@ -176,7 +187,7 @@ def trial_rows(cfg: Config, grid) -> list[dict[str, Any]]:
             "first_report_s": intervals[0] if intervals else None,
             "interval_s": steady,
             "val_s": float(sum(history["val_s"].dropna())) if history is not None and "val_s" in history else None,
-            "error": str(result.error).splitlines()[0][:200] if result.error else "",
+            "error": _error_line(result.error),
         })
     finished = [r["global_step"] for r in rows if not r["error"] and r["global_step"] is not None]
     full = max(finished) if finished else None
