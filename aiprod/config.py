@@ -634,6 +634,19 @@ def load_overrides_file(path: str | Path) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in data.items()]
 
 
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset, --config, --overrides-file and trailing key.path=value overrides (the job CLIs)."""
+    parser.add_argument("--preset", help=f"preset name ({', '.join(available_presets())})")
+    parser.add_argument("--config", help="YAML config file (may say `base: PRESET`)")
+    parser.add_argument("--overrides-file", help="YAML mapping of key.path: value")
+    parser.add_argument("overrides", nargs="*", help="key.path=value")
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """The overrides file's entries, then the command line's (later wins)."""
+    return (load_overrides_file(args.overrides_file) if args.overrides_file else []) + list(args.overrides)
+
+
 def schema() -> dict[str, Any]:
     return Config.model_json_schema()
 

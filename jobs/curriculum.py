@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aiprod import storage  # noqa: E402
-from aiprod.config import ConfigError, load_config, load_overrides_file  # noqa: E402
+from aiprod.config import ConfigError, add_config_arguments, load_config, overrides_from_args  # noqa: E402
 from aiprod.ray_local import init_ray  # noqa: E402
 
 DEMO_SHARDS = "out/shards/demo"
@@ -28,9 +28,7 @@ DEMO_SHARDS = "out/shards/demo"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    p.add_argument("--preset", help="preset name (tiny, gtx1070, cluster)")
-    p.add_argument("--config", help="YAML config file (may say `base: PRESET`)")
-    p.add_argument("--overrides-file", help="YAML mapping of key.path: value")
+    add_config_arguments(p)
     p.add_argument("--data", help="shard dir or s3:// prefix holding index.json (default: data.uri)")
     p.add_argument("--storage", help="run outputs root, local or s3:// (default: train.storage)")
     p.add_argument("--run-name", help="run directory name under --storage")
@@ -43,7 +41,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"tiny preset; builds synthetic shards in {DEMO_SHARDS} when --data is not given")
     p.add_argument("--ray-address", help="Ray address; 'local' starts a new local cluster (default: "
                    "RAY_ADDRESS, else a running local cluster, else a new one)")
-    p.add_argument("overrides", nargs="*", help="key.path=value")
     args = p.parse_args(argv)
     if args.resume_phase is not None:
         args.resume = True
@@ -55,8 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def load(args: argparse.Namespace):
     from aiprod.training.runner import RunOptions, run_uri, stored_config
 
-    overrides = load_overrides_file(args.overrides_file) if args.overrides_file else []
-    overrides += args.overrides
+    overrides = overrides_from_args(args)
     base = args.config or args.preset or ("tiny" if args.demo else None)
     run_name = args.run_name or ("demo" if args.demo else None)
     if not run_name:

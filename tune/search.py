@@ -21,15 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aiprod.config import ConfigError, load_config, load_overrides_file  # noqa: E402
+from aiprod.config import ConfigError, add_config_arguments, load_config, overrides_from_args  # noqa: E402
 from aiprod.ray_local import init_ray  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    p.add_argument("--preset", help="preset name (tiny, gtx1070, cluster)")
-    p.add_argument("--config", help="YAML config file (may say `base: PRESET`)")
-    p.add_argument("--overrides-file", help="YAML mapping of key.path: value")
+    add_config_arguments(p)
     p.add_argument("--data", help="shard dir or s3:// prefix with index.json and a held-out split (default: data.uri)")
     p.add_argument("--storage", help="searches root, local or s3:// (default: <train.storage>/../tune)")
     p.add_argument("--name", required=True, help="search directory name under --storage")
@@ -38,7 +36,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="trials at once (default: tune.max_concurrent, 'auto' = what the cluster holds)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search (Tuner.restore)")
     p.add_argument("--ray-address", help="Ray address; 'local' starts a new local cluster")
-    p.add_argument("overrides", nargs="*", help="key.path=value")
     args = p.parse_args(argv)
     if args.max_concurrent != "auto" and not (args.max_concurrent.isdigit() and int(args.max_concurrent) > 0):
         p.error(f"--max-concurrent must be 'auto' or a positive count, got {args.max_concurrent!r}")
@@ -65,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from aiprod.tuning.search import SearchOptions, run_search
 
     try:
-        overrides = (load_overrides_file(args.overrides_file) if args.overrides_file else []) + args.overrides
+        overrides = overrides_from_args(args)
         cfg = load_config(args.config or args.preset or "tiny", overrides)
         data = args.data or cfg.data.uri
         if data is None:
