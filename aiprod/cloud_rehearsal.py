@@ -186,7 +186,8 @@ before = len(workers())
 t0 = time.monotonic()
 cmd = [sys.executable, os.path.join(os.environ["REHEARSAL_ROOT"], "jobs", "curriculum.py"), "--demo",
        "--storage", os.path.join(work, "runs"), "--run-name", "rehearsal", "--end-phase", "1", "--workers", "2",
-       "--ray-address", sys.argv[1], "train.placement_strategy=STRICT_SPREAD"]
+       "--ray-address", sys.argv[1], "train.placement_strategy=STRICT_SPREAD", "train.demo_clips=80",
+       "curriculum.phases.0.steps=8", "curriculum.phases.1.steps=8"]
 with open(os.path.join(work, "curriculum.log"), "wb") as log:
     proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT)
     peak, up_s, labels = before, None, {}

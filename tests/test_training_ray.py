@@ -221,7 +221,7 @@ def test_ray_job_submit_to_a_head_started_with_ray_start(shards, tmp_path):
         job = subprocess.run(
             [f"{venv_bin}/ray", "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
              "python", "jobs/curriculum.py", "--demo", "--data", shards, "--storage", str(tmp_path / "runs"),
-             "--run-name", "job", "--end-phase", "1"],
+             "--run-name", "job", "--end-phase", "1", "curriculum.phases.0.steps=8", "curriculum.phases.1.steps=8"],
             env=env, capture_output=True, text=True, timeout=PHASE_TIMEOUT_S)
         assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
         assert "succeeded" in job.stdout + job.stderr

@@ -15,7 +15,7 @@ import logging
 import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,8 @@ def run_curriculum(cfg: Config, opts: RunOptions, callbacks: Sequence[Any] = ())
     from aiprod.data.dataset import build_phase_dataset
     from aiprod.training.loop import SUMMARY_FILE, train_loop_per_worker
 
+    if not storage.is_s3(opts.data):  # Ray Data's read tasks do not share the driver's working dir
+        opts = replace(opts, data=str(Path(opts.data).absolute()))
     uri = run_uri(opts)
     cfg, plan = plan_workers(cfg, opts.workers)
     check_config(cfg, opts, plan)
