@@ -26,6 +26,12 @@ def join(uri: str | os.PathLike, *parts: str) -> str:
     return f"{base}/{tail}" if tail else base
 
 
+def absolute(uri: str | os.PathLike) -> str:
+    """An s3:// URI as it is, a local path made absolute (Ray tasks and trials do not share the
+    driver's working directory)."""
+    return str(uri) if is_s3(uri) else str(Path(uri).absolute())
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs: dict = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}

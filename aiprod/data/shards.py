@@ -589,9 +589,7 @@ def video_items(videos: str, captions_file: str | None, data: DataConfig) -> tup
     if captions_file:
         for row in read_captions(captions_file):
             raw = str(row["path"]).strip()
-            uri = raw if storage.is_s3(raw) or os.path.isabs(raw) else storage.join(base, raw)
-            if not storage.is_s3(uri):
-                uri = str(Path(uri).absolute())
+            uri = storage.absolute(raw if storage.is_s3(raw) or os.path.isabs(raw) else storage.join(base, raw))
             if uri in entries:
                 rejected.append(Rejected(raw, uri, "duplicate",
                                          f"{row['_where']}: {raw} is already listed at {entries[uri]['_where']}"))

@@ -52,8 +52,7 @@ class RunOptions:
 def run_uri(opts: RunOptions) -> str:
     if not opts.run_name or "/" in opts.run_name or opts.run_name in (".", ".."):
         raise ValueError(f"--run-name must be a plain name, got {opts.run_name!r}")
-    base = opts.storage if storage.is_s3(opts.storage) else str(Path(opts.storage).absolute())
-    return storage.join(base, opts.run_name)
+    return storage.join(storage.absolute(opts.storage), opts.run_name)
 
 
 def run_exists(uri: str) -> bool:
@@ -190,8 +189,7 @@ def run_curriculum(cfg: Config, opts: RunOptions, callbacks: Sequence[Any] = ())
     from aiprod.data.dataset import build_phase_dataset
     from aiprod.training.loop import SUMMARY_FILE, train_loop_per_worker
 
-    if not storage.is_s3(opts.data):  # Ray Data's read tasks do not share the driver's working dir
-        opts = replace(opts, data=str(Path(opts.data).absolute()))
+    opts = replace(opts, data=storage.absolute(opts.data))
     uri = run_uri(opts)
     cfg, plan = plan_workers(cfg, opts.workers)
     check_config(cfg, opts, plan)
@@ -223,7 +221,7 @@ def run_curriculum(cfg: Config, opts: RunOptions, callbacks: Sequence[Any] = ())
     if storage.is_s3(uri):
         storage_path, filesystem = opts.storage[len("s3://"):].rstrip("/"), storage.s3_filesystem()
     else:
-        storage_path, filesystem = str(Path(opts.storage).absolute()), None
+        storage_path, filesystem = storage.absolute(opts.storage), None
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,

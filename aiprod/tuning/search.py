@@ -46,8 +46,7 @@ class SearchOptions:
 def search_uri(opts: SearchOptions) -> str:
     if not opts.name or "/" in opts.name or opts.name in (".", ".."):
         raise ConfigError(f"config: --name must be a plain name, got {opts.name!r}")
-    base = opts.storage if storage.is_s3(opts.storage) else str(Path(opts.storage).absolute())
-    return storage.join(base, opts.name)
+    return storage.join(storage.absolute(opts.storage), opts.name)
 
 
 def _tune_storage(uri: str) -> tuple[str, Any]:
@@ -135,8 +134,7 @@ def run_search(cfg: Config, opts: SearchOptions) -> dict[str, Any]:
     import ray
 
     space.check_space(cfg)
-    if not storage.is_s3(opts.data):  # trials run in their own working directories
-        opts = replace(opts, data=str(Path(opts.data).absolute()))
+    opts = replace(opts, data=storage.absolute(opts.data))
     uri = search_uri(opts)
     exists = search_exists(uri)
     if exists and not opts.resume:
