@@ -1,18 +1,19 @@
 """Training-step throughput: plain PyTorch vs the DeepSpeed engine vs Ray Train + DeepSpeed.
 
-    python bench/train_step.py [--preset tiny] [--phase 1] [--batch N] [--steps 30] [--threads N]
-                               [--repeats 3] [key.path=value ...]
+    python bench/train_step.py [--preset tiny] [--phase 1] [--batch N] [--rounds 40] [--window 5]
+                               [--threads N] [key.path=value ...]
 
 The same model (the phase's trained component: the denoiser + text encoder for a denoiser phase,
 with the frozen VAE encoding the clips), the same fixed batch and the same precision, trained by
 (a) a plain PyTorch loop with torch.optim.AdamW (+ grad clipping), (b) the DeepSpeed engine built
 exactly as the curriculum builds it (one rank, train.zero_stage), (c) Ray Train's TorchTrainer with
-one worker running (b) inside. Each is timed over `--steps` steps after `--warmup`, best of
-`--repeats` (the machine may be shared); (c) is timed inside its worker, so Ray's start-up is
-reported apart. With a GPU it also reports the denoiser's MFU in bf16, eager and torch.compile
-(`--mfu-preset cluster`), and the gtx1070 preset's first denoiser phase under an 8 GiB
-memory cap, fp32, TF32 off (peak memory). Last line: JSON {plain_samples_s, deepspeed_samples_s,
-ray_samples_s, deepspeed_vs_plain, ray_vs_deepspeed, ...}.
+one worker running (b) inside. They take turns: each round times a `--window`-step window of (a),
+then of (b), then of (c) in the Ray worker (a baton actor passes the turn), so the machine's drift
+hits all three alike; samples/s are medians over rounds, the ratios medians of per-round ratios.
+Ray's start-up is outside the windows (reported as ray_fit_wall_s). With a GPU it also reports the
+denoiser's MFU in bf16, eager and torch.compile (`--mfu-preset cluster`), and the gtx1070 preset's
+first denoiser phase under an 8 GiB memory cap, fp32, TF32 off (peak memory). Last line: JSON
+{plain_samples_s, deepspeed_samples_s, ray_samples_s, deepspeed_vs_plain, ray_vs_deepspeed, ...}.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--phase", type=int, default=1, help="curriculum phase whose component is trained")
     p.add_argument("--batch", type=int, help="per-step batch (default: the phase's batch_size)")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads, all three")
+    p.add_argument("--rounds", type=int, default=40, help="turns of (a), (b), (c)")
+    p.add_argument("--window", type=int, default=5, help="steps timed per turn")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per contender first")
+    p.add_argument("--threads", type=int, help="torch CPU threads of all three (default: train.cpus_per_worker, "
+                   "as the curriculum's workers run)")
     p.add_argument("--mfu-preset", default="cluster", help="GPU only: preset whose denoiser MFU is reported")
     p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="GPU bf16 dense peak")
     p.add_argument("overrides", nargs="*")
@@ -82,31 +84,11 @@ def timed(step, steps: int, warmup: int, device: torch.device) -> float:
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / max(1, steps)
 
 
-def deepspeed_step_fn(cfg: Config, phase_index: int, batch: int, device: torch.device):
-    """A DeepSpeed engine as the curriculum builds it, and its step function."""
-    from aiprod.training.engine import autocast, build_engine
-
-    module, video, captions = setup(cfg, phase_index, batch, device)
-    phase = cfg.curriculum.phases[phase_index].model_copy(update={"batch_size": batch, "grad_accum": 1})
-    pe = build_engine(module, cfg.train, phase, world_size=1, total_steps=1_000_000)
-    generator = torch.Generator(device=device).manual_seed(0)
-
-    def step() -> None:
-        with autocast(cfg.train.precision, device):
-            loss, _ = pe.engine(video, captions, generator)
-        pe.engine.backward(loss)
-        pe.engine.step()
-
-    return step
-
-
-# -------------------------------------------------------------------------- contenders
-
-
-def plain(cfg: Config, phase_index: int, batch: int, device: torch.device, steps: int, warmup: int) -> float:
+def plain_step_fn(cfg: Config, phase_index: int, batch: int, device: torch.device):
+    """(a): the phase's module trained by a plain loop: torch AdamW, grad clipping as configured."""
     from aiprod.training.engine import autocast
 
     module, video, captions = setup(cfg, phase_index, batch, device)
@@ -125,15 +107,64 @@ def plain(cfg: Config, phase_index: int, batch: int, device: torch.device, steps
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return batch / timed(step, steps, warmup, device)
+    return step
 
 
-def deepspeed_direct(cfg: Config, phase_index: int, batch: int, device: torch.device, steps: int,
-                     warmup: int) -> float:
-    return batch / timed(deepspeed_step_fn(cfg, phase_index, batch, device), steps, warmup, device)
+def deepspeed_step_fn(cfg: Config, phase_index: int, batch: int, device: torch.device):
+    """(b): a DeepSpeed engine as the curriculum builds it (one rank), and its step function."""
+    from aiprod.training.engine import autocast, build_engine
+
+    module, video, captions = setup(cfg, phase_index, batch, device)
+    phase = cfg.curriculum.phases[phase_index].model_copy(update={"batch_size": batch, "grad_accum": 1})
+    pe = build_engine(module, cfg.train, phase, world_size=1, total_steps=1_000_000)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def step() -> None:
+        with autocast(cfg.train.precision, device):
+            loss, _ = pe.engine(video, captions, generator)
+        pe.engine.backward(loss)
+        pe.engine.step()
+
+    return step
+
+
+# ------------------------------------------------------------- (c), in turns with (a) and (b)
+#
+# The machine's speed drifts (shared host, other processes), so the three never run apart in time:
+# each round times one window of (a), one of (b), then hands a baton to the Ray Train worker for
+# one window of (c). Ratios are medians of the per-round ratios, so a slow spell hits both sides.
+
+
+def make_baton():
+    import asyncio
+
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Baton:
+        """Whose turn it is: 'worker' (start-up, then (c)), 'driver' ((a) and (b)); 'stop' ends the worker."""
+
+        def __init__(self) -> None:
+            self.holder = "worker"
+            self.changed = asyncio.Event()
+
+        async def take(self, who: str) -> str:
+            while self.holder not in (who, "stop"):
+                await self.changed.wait()
+            return self.holder
+
+        async def give(self, to: str) -> None:
+            self.holder = to
+            self.changed.set()
+            self.changed = asyncio.Event()
+
+    return Baton.remote()
 
 
 def _ray_worker(config: dict) -> None:
+    import tempfile
+
+    import ray
     import ray.train
 
     from aiprod.config import validate
@@ -143,38 +174,104 @@ def _ray_worker(config: dict) -> None:
     cfg = validate(config["cfg"])
     device = worker_device(cfg.train.use_gpu is True)
     step = deepspeed_step_fn(cfg, config["phase"], config["batch"], device)
-    best = max(config["batch"] / timed(step, config["steps"], config["warmup"] if r == 0 else 0, device)
-               for r in range(config["repeats"]))
+    timed(step, 0, config["warmup"], device)
+    baton, windows = config["baton"], []
+    ray.get(baton.give.remote("driver"))  # ready: the driver's rounds start now, not during our start-up
+    while ray.get(baton.take.remote("worker")) == "worker":
+        windows.append(timed(step, config["window"], 0, device))
+        ray.get(baton.give.remote("driver"))
     # Ray Train V2 keeps the metrics of checkpointed reports in Result.metrics: report a tiny one.
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
-        ray.train.report({"samples_s": best}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        ray.train.report({"windows": windows}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def ray_train(cfg: Config, phase_index: int, batch: int, use_gpu: bool, steps: int, warmup: int, repeats: int,
-              threads: int) -> tuple[float, float]:
-    """(samples/s inside the worker, seconds from fit() to the result)."""
-    import ray
+def start_ray_worker(cfg: Config, phase_index: int, batch: int, use_gpu: bool, window: int, warmup: int,
+                     threads: int, baton):
+    """fit() of a one-worker TorchTrainer running _ray_worker, in a thread; returns (thread, result box)."""
+    import threading
+
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=threads + 1, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"use_gpu": use_gpu})})
-    started = time.perf_counter()
     trainer = TorchTrainer(
         _ray_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "phase": phase_index, "batch": batch, "steps": steps,
-                           "warmup": warmup, "repeats": repeats, "threads": threads},
+        train_loop_config={"cfg": cfg.to_dict(), "phase": phase_index, "batch": batch, "window": window,
+                           "warmup": warmup, "threads": threads, "baton": baton},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": threads}),
         run_config=ray.train.RunConfig(storage_path=str(Path("/tmp") / "aiprod-bench"), name=f"bench-{os.getpid()}"),
     )
-    result = trainer.fit()
-    return float(result.metrics["samples_s"]), time.perf_counter() - started
+    box: dict = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - reported by the driver
+            box["error"] = exc
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def take_turn(baton, thread, box, timeout_s: float = 600.0) -> None:
+    """Wait for the baton to come back to the driver; fail loudly if the Ray worker died."""
+    import ray
+
+    ref = baton.take.remote("driver")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ready, _ = ray.wait([ref], timeout=1.0)
+        if ready:
+            return
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the Ray Train worker stopped before its turn: {box.get('error', 'timed out')}")
+
+
+def compare(cfg: Config, phase_index: int, batch: int, device: torch.device, args: argparse.Namespace) -> dict:
+    """Per-round seconds/step of (a), (b), (c) and the per-round ratios."""
+    import statistics
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=args.threads + 1, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    baton = make_baton()
+    started = time.perf_counter()
+    thread, box = start_ray_worker(cfg, phase_index, batch, device.type == "cuda", args.window, args.warmup,
+                                   args.threads, baton)
+    take_turn(baton, thread, box)  # the worker has built its engine and warmed up
+    contenders = {"plain": plain_step_fn(cfg, phase_index, batch, device),
+                  "deepspeed": deepspeed_step_fn(cfg, phase_index, batch, device)}
+    for step in contenders.values():
+        timed(step, 0, args.warmup, device)
+    rounds: list[dict[str, float]] = []
+    for r in range(args.rounds):
+        times = {name: timed(step, args.window, 0, device) for name, step in contenders.items()}
+        ray.get(baton.give.remote("worker"))
+        take_turn(baton, thread, box)
+        rounds.append(times)
+        print(f"round {r + 1}/{args.rounds}: plain {times['plain'] * 1e3:.1f} ms, deepspeed "
+              f"{times['deepspeed'] * 1e3:.1f} ms per step", flush=True)
+    ray.get(baton.give.remote("stop"))
+    thread.join()
+    if "error" in box:
+        raise RuntimeError(f"Ray Train worker failed: {box['error']}") from box["error"]
+    for times, ray_s in zip(rounds, box["result"].metrics["windows"]):
+        times["ray"] = ray_s
+    median = statistics.median
+    paired_ds = [t["plain"] / t["deepspeed"] for t in rounds]
+    paired_ray = [t["deepspeed"] / t["ray"] for t in rounds]
+    return {
+        **{f"{name}_samples_s": batch / median(t[name] for t in rounds) for name in ("plain", "deepspeed", "ray")},
+        "deepspeed_vs_plain": median(paired_ds), "ray_vs_deepspeed": median(paired_ray),
+        "deepspeed_vs_plain_range": [min(paired_ds), max(paired_ds)],
+        "ray_vs_deepspeed_range": [min(paired_ray), max(paired_ray)],
+        "ray_fit_wall_s": time.perf_counter() - started,
+    }
 
 
 # ------------------------------------------------------------------------------ GPU extras
@@ -253,25 +350,18 @@ def main() -> int:
     if not cuda and cfg.train.precision == "fp16":
         cfg = load_config(args.preset, [*args.overrides, "train.precision=fp32"])
     device = torch.device("cuda" if cuda else "cpu")
+    args.threads = args.threads or max(1, int(cfg.train.cpus_per_worker))
     torch.set_num_threads(args.threads)
     phase = cfg.curriculum.phases[args.phase]
     batch = args.batch or phase.batch_size
     init_single_rank("nccl" if cuda else "gloo")
     print(f"preset {args.preset}, phase {args.phase} '{phase.name}' ({phase.component}), batch {batch}, "
           f"{phase.frames}x{phase.height}x{phase.width}, {cfg.train.precision}, ZeRO-{cfg.train.zero_stage}, "
-          f"{device}, {args.threads} threads, {args.steps} steps x best of {args.repeats}", flush=True)
-
-    plain_rates, ds_rates = [], []
-    for _ in range(args.repeats):  # interleaved: a load spike hits both alike
-        plain_rates.append(plain(cfg, args.phase, batch, device, args.steps, args.warmup))
-        ds_rates.append(deepspeed_direct(cfg, args.phase, batch, device, args.steps, args.warmup))
-    plain_s, ds_s = max(plain_rates), max(ds_rates)
-    ray_s, ray_wall = ray_train(cfg, args.phase, batch, cuda, args.steps, args.warmup, args.repeats, args.threads)
-
+          f"{device}, {args.threads} threads, {args.rounds} rounds of {args.window} steps each", flush=True)
+    measured = compare(cfg, args.phase, batch, device, args)
     result = {
-        "plain_samples_s": round(plain_s, 3), "deepspeed_samples_s": round(ds_s, 3), "ray_samples_s": round(ray_s, 3),
-        "deepspeed_vs_plain": round(ds_s / plain_s, 3), "ray_vs_deepspeed": round(ray_s / ds_s, 3),
-        "ray_fit_wall_s": round(ray_wall, 1), "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        **{k: [round(x, 3) for x in v] if isinstance(v, list) else round(v, 3) for k, v in measured.items()},
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "threads": args.threads, "preset": args.preset, "phase": args.phase, "batch": batch,
         "precision": cfg.train.precision, "zero_stage": cfg.train.zero_stage,
     }
@@ -279,10 +369,12 @@ def main() -> int:
         result.update({k: round(v, 4) for k, v in denoiser_mfu(args.mfu_preset, args.peak_tflops, 10, 3).items()})
         result["gtx1070_peak_gib"] = round(gtx1070_peak_gib(steps=3), 2)
     print(f"{'contender':<28}{'samples/s':>12}")
-    for name, rate in (("(a) plain PyTorch + AdamW", plain_s), ("(b) DeepSpeed engine", ds_s),
-                       ("(c) Ray Train + DeepSpeed", ray_s)):
-        print(f"{name:<28}{rate:>12.2f}")
-    print(f"b/a = {result['deepspeed_vs_plain']}  (goal >= 0.95)   c/b = {result['ray_vs_deepspeed']}  (goal >= 0.97)")
+    for name, key in (("(a) plain PyTorch + AdamW", "plain"), ("(b) DeepSpeed engine", "deepspeed"),
+                      ("(c) Ray Train + DeepSpeed", "ray")):
+        print(f"{name:<28}{measured[key + '_samples_s']:>12.2f}")
+    for label, key, goal in (("b/a", "deepspeed_vs_plain", 0.95), ("c/b", "ray_vs_deepspeed", 0.97)):
+        low, high = result[key + "_range"]
+        print(f"{label} = {result[key]} (median of {args.rounds} rounds, {low}-{high}; goal >= {goal})")
     print(json.dumps(result), flush=True)
     import ray
 
