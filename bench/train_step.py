@@ -73,10 +73,14 @@ def setup(cfg: Config, phase_index: int, batch: int, device: torch.device, seed:
     return PhaseModule(model, phase, cfg), (video * 2 - 1).to(device), captions
 
 
-def timed(step, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per step over `steps` steps after `warmup`."""
-    for _ in range(warmup):
+def warm_up(step, steps: int) -> None:
+    """Untimed steps first (allocator, oneDNN/cuDNN kernel choice, DeepSpeed's first-step set-up)."""
+    for _ in range(steps):
         step()
+
+
+def timed(step, steps: int, device: torch.device) -> float:
+    """Seconds per step over `steps` steps."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -84,7 +88,7 @@ def timed(step, steps: int, warmup: int, device: torch.device) -> float:
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / max(1, steps)
+    return (time.perf_counter() - start) / steps
 
 
 def plain_step_fn(cfg: Config, phase_index: int, batch: int, device: torch.device):
@@ -174,11 +178,11 @@ def _ray_worker(config: dict) -> None:
     cfg = validate(config["cfg"])
     device = worker_device(cfg.train.use_gpu is True)
     step = deepspeed_step_fn(cfg, config["phase"], config["batch"], device)
-    timed(step, 0, config["warmup"], device)
+    warm_up(step, config["warmup"])
     baton, windows = config["baton"], []
     ray.get(baton.give.remote("driver"))  # ready: the driver's rounds start now, not during our start-up
     while ray.get(baton.take.remote("worker")) == "worker":
-        windows.append(timed(step, config["window"], 0, device))
+        windows.append(timed(step, config["window"], device))
         ray.get(baton.give.remote("driver"))
     # Ray Train V2 keeps the metrics of checkpointed reports in Result.metrics: report a tiny one.
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,10 +251,10 @@ def compare(cfg: Config, phase_index: int, batch: int, device: torch.device, arg
     contenders = {"plain": plain_step_fn(cfg, phase_index, batch, device),
                   "deepspeed": deepspeed_step_fn(cfg, phase_index, batch, device)}
     for step in contenders.values():
-        timed(step, 0, args.warmup, device)
+        warm_up(step, args.warmup)
     rounds: list[dict[str, float]] = []
     for r in range(args.rounds):
-        times = {name: timed(step, args.window, 0, device) for name, step in contenders.items()}
+        times = {name: timed(step, args.window, device) for name, step in contenders.items()}
         ray.get(baton.give.remote("worker"))
         take_turn(baton, thread, box)
         rounds.append(times)
@@ -310,7 +314,8 @@ def denoiser_mfu(preset: str, peak_tflops: float, steps: int, warmup: int) -> di
 
         with FlopCounterMode(display=False) as counter:
             step()
-        seconds = timed(step, steps, warmup, device)
+        warm_up(step, warmup)
+        seconds = timed(step, steps, device)
         out[f"mfu_{mode}"] = counter.get_total_flops() / seconds / (peak_tflops * 1e12)
         out[f"denoiser_step_s_{mode}"] = seconds
     return out
