@@ -44,22 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def local_cpus(cfg, max_concurrent: str) -> float:
-    """Logical CPUs for a new local cluster: every concurrent trial's driver, training workers and
-    data pipeline (concurrent Ray Data pipelines short of CPUs can starve each other)."""
-    if max_concurrent != "auto":
-        trials = int(max_concurrent)
-    else:
-        trials = cfg.tune.max_concurrent if isinstance(cfg.tune.max_concurrent, int) else 2
-    per_trial = (cfg.tune.driver_cpus + cfg.tune.workers_per_trial * cfg.train.cpus_per_worker
-                 + cfg.data.decode_workers + cfg.data.read_workers)
-    return trials * per_trial
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    from aiprod.tuning.search import SearchOptions, run_search
+    from aiprod.tuning.search import SearchOptions, local_cluster_cpus, run_search
 
     try:
         overrides = overrides_from_args(args)
@@ -70,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         storage_root = args.storage or cfg.train.storage.rstrip("/").rsplit("/", 1)[0] + "/tune"
         opts = SearchOptions(data=data, storage=storage_root, name=args.name, samples=args.samples,
                              max_concurrent=args.max_concurrent, resume=args.resume)
-        init_ray(local_cpus(cfg, args.max_concurrent), args.ray_address)
+        init_ray(local_cluster_cpus(cfg, args.max_concurrent), args.ray_address)
         summary = run_search(cfg, opts)
     except (ConfigError, FileNotFoundError) as exc:
         print(exc, file=sys.stderr)

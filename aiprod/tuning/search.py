@@ -63,6 +63,20 @@ def trial_resources(cfg: Config) -> dict[str, float]:
     return {"CPU": workers * cfg.train.cpus_per_worker + cfg.tune.driver_cpus, "GPU": float(workers if gpu else 0)}
 
 
+def requested_concurrency(cfg: Config, max_concurrent: int | str) -> int | str:
+    """--max-concurrent, else tune.max_concurrent: a trial count, or 'auto' (what the cluster holds)."""
+    return int(max_concurrent) if max_concurrent != "auto" else cfg.tune.max_concurrent
+
+
+def local_cluster_cpus(cfg: Config, max_concurrent: int | str) -> float:
+    """Logical CPUs for a new local cluster: every concurrent trial's driver and training workers plus
+    its data pipeline (concurrent Ray Data pipelines short of CPUs can starve each other); 'auto'
+    counts two trials."""
+    requested = requested_concurrency(cfg, max_concurrent)
+    trials = 2 if requested == "auto" else requested
+    return trials * (trial_resources(cfg)["CPU"] + cfg.data.decode_workers + cfg.data.read_workers)
+
+
 def auto_concurrency(cfg: Config, cluster: dict[str, float]) -> int:
     """Trials that fit the cluster's current resources at once (at least 1: an autoscaling
     cluster grows for the pending ones)."""
@@ -148,8 +162,8 @@ def run_search(cfg: Config, opts: SearchOptions) -> dict[str, Any]:
 
     phase = cfg.curriculum.phases[cfg.tune.phase]
     objective = Objective.from_heldout(load_heldout(opts.data, cfg, phase, cfg.tune.val_clips), cfg, phase)
-    requested = opts.max_concurrent if opts.max_concurrent != "auto" else cfg.tune.max_concurrent
-    concurrency = auto_concurrency(cfg, ray.cluster_resources()) if requested == "auto" else int(requested)
+    requested = requested_concurrency(cfg, opts.max_concurrent)
+    concurrency = auto_concurrency(cfg, ray.cluster_resources()) if requested == "auto" else requested
     print(f"search: {uri} ({'resume' if opts.resume else 'new'}; {opts.samples or cfg.tune.num_samples} trials, "
           f"{concurrency} at once; objective {cfg.tune.metric} = {objective.extractor_name} on "
           f"{len(objective.captions)} held-out clips x {len(objective.seeds)} seeds, {cfg.tune.mode})", flush=True)
