@@ -115,6 +115,17 @@ class PhaseEngine:
             group["lr"] = base * fn(scheduler.last_epoch)
 
 
+def skip_inference_allreduce_kernel() -> None:
+    """Keep DeepSpeed's comm backend from JIT-compiling its shared-memory all-reduce kernel.
+
+    On CPU, DeepSpeed's first init compiles that kernel with g++ (about 50 s on a fresh machine or
+    venv, then a ninja check in every new worker process), yet only its inference/tensor-parallel
+    all-reduce uses it: training collectives go through torch.distributed (gloo) either way."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def build_engine(
     module: nn.Module, train: TrainConfig, phase: PhaseConfig, world_size: int, total_steps: int,
     lr_scale: float = 1.0,
@@ -122,6 +133,7 @@ def build_engine(
     """Wrap `module` (its trainable params only go to the optimizer) in a DeepSpeed engine."""
     import deepspeed
 
+    skip_inference_allreduce_kernel()
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"phase '{phase.name}': the {phase.component} has no trainable parameters")
