@@ -85,7 +85,7 @@ def test_batches_have_the_phase_shape_and_only_its_levels(ray_cluster, local_sha
     got = rows(ds)
     assert sorted(r["level"] for r in got) == [1] * 4 + [2] * 4  # 20 clips cycle through 5 levels
     assert len({r["key"] for r in got}) == len(got) == eligible_samples(local_shards, phase([1, 2]), data_config())
-    assert bad_sample_stats(ds.bad_sample_counter) == {"good": 8, "bad": 0, "bad_keys": []}
+    assert bad_sample_stats(ds) == {"good": 8, "bad": 0, "bad_keys": []}
     batch = next(iter(ds.iter_torch_batches(batch_size=2, collate_fn=ModelBatchCollate())))
     assert batch["video"].shape == (2, 3, T, H, W) and len(batch["caption"]) == 2
 
@@ -100,7 +100,7 @@ def test_bad_samples_are_dropped_and_counted_then_fail_past_the_fraction(ray_clu
     ds = build_phase_dataset(uri, phase([1]), data_config(max_bad_fraction=0.25))
     got = rows(ds)
     assert sorted(r["key"] for r in got) == sorted(k for k, _, _ in good)
-    stats = bad_sample_stats(ds.bad_sample_counter)
+    stats = bad_sample_stats(ds)
     assert stats["good"] == 8 and stats["bad"] == 2 and sorted(stats["bad_keys"]) == ["broken0", "broken1"]
 
     strict = build_phase_dataset(uri, phase([1]), data_config(max_bad_fraction=0.1))
@@ -117,7 +117,7 @@ def test_untagged_and_too_short_videos_are_filtered_before_decoding(ray_cluster,
     uri = str(tmp_path / "s")
     ds = build_phase_dataset(uri, phase([3]), data_config())
     assert sorted(r["key"] for r in rows(ds)) == ["tagged3", "untagged"]
-    assert bad_sample_stats(ds.bad_sample_counter)["bad"] == 0  # the short one was never decoded
+    assert bad_sample_stats(ds)["bad"] == 0  # the short one was never decoded
     only_tagged = build_phase_dataset(uri, phase([3]), data_config(untagged_all_phases=False))
     assert [r["key"] for r in rows(only_tagged)] == ["tagged3"]
     with pytest.raises(ValueError, match=r"no train shards .* \(levels \[5\]"):

@@ -10,10 +10,10 @@ phase's levels and by clip length from each sample's JSON, before any decoding -
 `map_batches` on up to `data.decode_workers` tasks at once, each clip exactly the phase's (frames, H, W), so
 every batch has one shape -> rows {key, frames uint8[T,H,W,3], caption, language, level}.
 
-Samples that fail to decode are dropped, logged with their key and counted by a small named
-actor; once more than `data.max_bad_fraction` of the phase's samples have failed, the decode
-step raises `BadSamplesError` naming the first bad keys, which stops the dataset and so the
-training workers iterating it.
+Samples that fail to decode are dropped, logged with their key and counted by a small actor
+(one per building process, a tally per dataset); once more than `data.max_bad_fraction` of the
+phase's samples have failed, the decode step raises `BadSamplesError` naming the first bad keys,
+which stops the dataset and so the training workers iterating it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 READ_BLOCK_BYTES = 8 << 20  # a read task yields a block at this much video (or decode_batch_size rows)
 UNTAGGED = 0  # `level` of samples without one level tag
-COUNTER_PREFIX = "aiprod-bad-samples-"
 
 
 class BadSamplesError(RuntimeError):
@@ -194,45 +193,70 @@ def _counter_class():
 
     @ray.remote(num_cpus=0)
     class BadSampleCounter:
-        """Counts good and bad samples across all decode tasks of one dataset."""
+        """Good and bad sample counts of the datasets one process builds, a tally per dataset.
 
-        def __init__(self, max_fraction: float, expected: int, keys_reported: int):
-            self.max_fraction, self.expected, self.keys_reported = max_fraction, expected, keys_reported
-            self.good = 0
-            self.bad: list[tuple[str, str]] = []
-            self.bad_count = 0
+        One actor for all of them, not one each: an actor is a process of its own (seconds of CPU
+        to start), and a curriculum builds a dataset per phase."""
 
-        def add(self, good: int, bad: list[tuple[str, str]]) -> str | None:
-            """Record a batch; the error message once bad samples pass the allowed fraction."""
-            self.good += good
-            self.bad_count += len(bad)
-            self.bad.extend(bad[: max(0, self.keys_reported - len(self.bad))])
-            seen = self.good + self.bad_count
-            allowed = self.max_fraction * max(seen, self.expected)
-            if self.bad_count > allowed:
-                named = "; ".join(f"{key}: {reason}" for key, reason in self.bad)
-                return (f"{self.bad_count} of {seen} samples failed to decode, more than data.max_bad_fraction="
-                        f"{self.max_fraction:g} of {max(seen, self.expected)}; first bad keys: {named}")
+        def __init__(self) -> None:
+            self.tallies: dict[str, dict[str, Any]] = {}
+
+        def add(self, dataset: str, limits: tuple[float, int, int], good: int,
+                bad: list[tuple[str, str]]) -> str | None:
+            """Record a batch; the error message once bad samples pass the allowed fraction.
+
+            `limits` = (max_fraction, expected samples, bad keys reported), sent with every batch so
+            that no registration call has to arrive first."""
+            max_fraction, expected, keys_reported = limits
+            tally = self.tallies.setdefault(dataset, {"good": 0, "bad": 0, "bad_keys": []})
+            tally["good"] += good
+            tally["bad"] += len(bad)
+            tally["bad_keys"].extend(bad[: max(0, keys_reported - len(tally["bad_keys"]))])
+            seen = tally["good"] + tally["bad"]
+            allowed = max_fraction * max(seen, expected)
+            if tally["bad"] > allowed:
+                named = "; ".join(f"{key}: {reason}" for key, reason in tally["bad_keys"])
+                return (f"{tally['bad']} of {seen} samples failed to decode, more than data.max_bad_fraction="
+                        f"{max_fraction:g} of {max(seen, expected)}; first bad keys: {named}")
             return None
 
-        def stats(self) -> dict[str, Any]:
-            return {"good": self.good, "bad": self.bad_count, "bad_keys": [k for k, _ in self.bad]}
+        def stats(self, dataset: str) -> dict[str, Any]:
+            tally = self.tallies.get(dataset, {"good": 0, "bad": 0, "bad_keys": []})
+            return {"good": tally["good"], "bad": tally["bad"], "bad_keys": [k for k, _ in tally["bad_keys"]]}
 
     return BadSampleCounter
 
 
-def bad_sample_stats(counter_name: str) -> dict[str, Any]:
-    """{good, bad, bad_keys} so far for a dataset (its `bad_sample_counter` name)."""
+_counters: dict[str, Any] = {}  # Ray job id -> this process's BadSampleCounter
+
+
+def _process_counter():
+    """This process's BadSampleCounter, started by the first dataset it builds in this Ray job.
+
+    Not a named actor found by every process: its owner would be whichever process asked first,
+    and it would die with that process (a finished Tune trial, say) under the others' datasets."""
     import ray
 
-    return ray.get(ray.get_actor(counter_name).stats.remote())
+    job = ray.get_runtime_context().get_job_id()
+    if job not in _counters:
+        _counters[job] = _counter_class().remote()
+    return _counters[job]
+
+
+def bad_sample_stats(dataset) -> dict[str, Any]:
+    """{good, bad, bad_keys} so far for a dataset made by `build_phase_dataset`."""
+    import ray
+
+    counter, dataset_id = dataset.bad_sample_counter
+    return ray.get(counter.stats.remote(dataset_id))
 
 
 class DecodeClips:
     """map_batches UDF: mp4 bytes -> frames of exactly (T, H, W); bad samples dropped and counted."""
 
-    def __init__(self, phase: PhaseConfig, data: DataConfig, counter: Any):
-        self.phase, self.data, self.counter = phase, data, counter
+    def __init__(self, phase: PhaseConfig, data: DataConfig, counter: Any, dataset_id: str, expected: int):
+        self.phase, self.data, self.counter, self.dataset_id = phase, data, counter, dataset_id
+        self.limits = (data.max_bad_fraction, expected, data.bad_keys_reported)
 
     def _decode(self, key: str, mp4: bytes) -> np.ndarray:
         phase, data = self.phase, self.data
@@ -259,7 +283,7 @@ class DecodeClips:
             log.warning("dropping bad sample %s: %s", key, error)
             bad.append((key, error))
         # waited for (a round trip per batch) so that the counts are complete when a pass ends
-        verdict = ray.get(self.counter.add.remote(len(keep), bad))
+        verdict = ray.get(self.counter.add.remote(self.dataset_id, self.limits, len(keep), bad))
         if verdict:
             raise BadSamplesError(verdict)
         phase = self.phase
@@ -280,12 +304,11 @@ def _decode_batch(batch: dict[str, np.ndarray], decode: DecodeClips) -> dict[str
 # ----------------------------------------------------------------------------- the dataset
 
 
-def build_phase_dataset(data_uri: str, phase: PhaseConfig, data: DataConfig, split: str = "train",
-                        counter_name: str | None = None):
+def build_phase_dataset(data_uri: str, phase: PhaseConfig, data: DataConfig, split: str = "train"):
     """A streaming ray.data.Dataset of the phase's clips: rows {key, frames, caption, language, level}.
 
-    Nothing is read until the dataset is iterated. The bad-sample counter's actor name is set as
-    `dataset.bad_sample_counter` (pass `counter_name` to choose it); see `bad_sample_stats`.
+    Nothing is read until the dataset is iterated. Its bad samples are counted by this process's
+    counter actor under an id of its own: see `bad_sample_stats(dataset)`.
     """
     import ray
     import ray.data
@@ -298,19 +321,18 @@ def build_phase_dataset(data_uri: str, phase: PhaseConfig, data: DataConfig, spl
     if data.shuffle_files:
         random.Random(data.seed).shuffle(shard_list)
     expected = sum(_shard_eligible_count(r, set(phase.levels), data.untagged_all_phases) for _, r in shard_list)
-    name = counter_name or f"{COUNTER_PREFIX}{uuid.uuid4().hex[:12]}"
-    counter = _counter_class().options(name=name, get_if_exists=True).remote(
-        data.max_bad_fraction, expected, data.bad_keys_reported)
+    dataset_id = uuid.uuid4().hex[:12]
+    counter = _process_counter()
 
     ds = ray.data.read_datasource(_datasource(shard_list, phase, data), concurrency=data.read_workers,
                                   override_num_blocks=len(shard_list))
     # Tasks rather than an actor pool: Ray reuses idle worker processes across tasks and epochs,
     # where every execution of an actor pool would start fresh processes.
-    ds = ds.map_batches(_decode_batch, fn_args=(DecodeClips(phase, data, counter),), batch_size=data.decode_batch_size,
+    decode = DecodeClips(phase, data, counter, dataset_id, expected)
+    ds = ds.map_batches(_decode_batch, fn_args=(decode,), batch_size=data.decode_batch_size,
                         batch_format="numpy", compute=ray.data.TaskPoolStrategy(size=data.decode_workers),
                         zero_copy_batch=True)
-    ds.bad_sample_counter = name
-    ds._aiprod_counter = counter  # keeps the actor alive as long as the dataset
+    ds.bad_sample_counter = (counter, dataset_id)
     return ds
 
 
