@@ -23,7 +23,7 @@ from aiprod import storage
 from aiprod.config import ConfigError, load_config, load_overrides_file, validate
 from aiprod.tuning import space
 from aiprod.tuning.search import SearchOptions, auto_concurrency, max_reports, run_search
-from aiprod.tuning.trial import STARTS_DIR, TRIALS_DIR
+from aiprod.tuning.trial import STARTS_DIR, TRIALS_DIR, finished_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,8 +96,10 @@ def _starts(search: str) -> dict[str, int]:
 
 
 def _completed_runs(search: str) -> list[str]:
+    """Trials whose training finished, by the same test --resume applies (summary.json is also
+    written at each phase end, with status 'running': its mere presence is not enough)."""
     return [d.rsplit("/", 1)[-1] for d in storage.list_dirs(storage.join(search, TRIALS_DIR))
-            if storage.exists(storage.join(d, "summary.json"))]
+            if finished_results(d) is not None]
 
 
 @pytest.fixture(scope="module")
