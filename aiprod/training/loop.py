@@ -16,9 +16,11 @@ data, with the step counter, optimizer, LR schedule and RNG states of its checkp
 from __future__ import annotations
 
 import os
+import itertools
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -153,6 +155,7 @@ class Worker:
         self.cur: Curriculum
         self.resume_uri: str | None = None
         self.probe: dict[str, Any] | None = None  # the phase's probe batch (its first)
+        self.prefetched: tuple[int, threading.Thread, dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ model / state
 
@@ -243,6 +246,34 @@ class Worker:
         for batch in shard.iter_batches(batch_size=phase.batch_size, batch_format="numpy", drop_last=True):
             yield to_model_batch(batch)
 
+    def prefetch_first_batch(self, phase_index: int) -> None:
+        """Start the next phase's first pass and fetch its first batch in a thread.
+
+        A phase's data starts cold (a Ray Data split coordinator and read/decode tasks: seconds);
+        begun at the end of the previous phase, that start overlaps its checkpoint and outputs."""
+        box: dict[str, Any] = {"batches": self.batches(phase_index)}
+
+        def fetch() -> None:
+            try:
+                box["first"] = next(box["batches"], None)
+            except BaseException as exc:  # noqa: BLE001 - raised again where the batches are used
+                box["error"] = exc
+
+        thread = threading.Thread(target=fetch, name=f"prefetch-phase{phase_index}", daemon=True)
+        thread.start()
+        self.prefetched = (phase_index, thread, box)
+
+    def pass_batches(self, phase_index: int):
+        """The batches of a new pass over the phase's data: the prefetched pass when there is one."""
+        prefetched, self.prefetched = self.prefetched, None
+        if prefetched is None or prefetched[0] != phase_index:
+            return self.batches(phase_index)
+        _, thread, box = prefetched
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return itertools.chain([box["first"]], box["batches"])
+
     def _video(self, batch: dict[str, Any]) -> torch.Tensor:
         return batch["video"].to(self.device, non_blocking=True)
 
@@ -294,7 +325,7 @@ class Worker:
         step_losses: list[float] = []
         step_parts: dict[str, float] = {}
         while reason is None:
-            batches = self.batches(i)
+            batches = self.pass_batches(i)
             took_step_this_pass = False
             while reason is None:
                 t0 = time.monotonic()
@@ -468,6 +499,8 @@ class Worker:
         trained = gathered_state_dict(self.phase_engine)  # collective under ZeRO-3
         full = ckpt.model_state(self.model, trained)
         prog = self.cur.finish_phase(reason, time.monotonic() - started)
+        if not self.cur.finished:
+            self.prefetch_first_batch(self.cur.current)
         self.save("phase_end", full_state=full)  # every rank passes it: no second (collective) gather
         destroy_engine(self.phase_engine)
         self.phase_engine = None
@@ -571,6 +604,24 @@ class Worker:
         ray.train.report({"global_step": self.cur.global_step, "finished": True})
 
 
+def freeze_imported_objects() -> None:
+    """Move what the imports made (torch, DeepSpeed, Ray: ~200k objects) out of the collector's sight.
+
+    Each phase end frees the old engine's reference cycles with gc.collect(); a full collection
+    scanning every import-time object took 1-2 s a phase on a busy 2-core worker. Frozen objects
+    are never freed, so this runs before any model or engine exists."""
+    import gc
+
+    import deepspeed  # noqa: F401 - imported here so its objects are frozen too (the engine needs it anyway)
+
+    from aiprod.diffusion import pipeline  # noqa: F401 - phase-end samples
+    from aiprod.models import build_model  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point (config built by aiprod.training.runner)."""
+    freeze_imported_objects()
     Worker(config).run()
