@@ -173,7 +173,9 @@ def _ray_worker(config: dict) -> None:
 
     from aiprod.config import validate
     from aiprod.training.engine import worker_device
+    from aiprod.training.loop import freeze_imported_objects
 
+    freeze_imported_objects()  # as the curriculum's workers do
     torch.set_num_threads(config["threads"])
     cfg = validate(config["cfg"])
     device = worker_device(cfg.train.use_gpu is True)
