@@ -23,6 +23,7 @@ import logging
 import random
 import uuid
 import zlib
+from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
@@ -199,7 +200,8 @@ def _counter_class():
         to start), and a curriculum builds a dataset per phase."""
 
         def __init__(self) -> None:
-            self.tallies: dict[str, dict[str, Any]] = {}
+            self.tallies: defaultdict[str, dict[str, Any]] = defaultdict(
+                lambda: {"good": 0, "bad": 0, "bad_keys": []})
 
         def add(self, dataset: str, limits: tuple[float, int, int], good: int,
                 bad: list[tuple[str, str]]) -> str | None:
@@ -208,7 +210,7 @@ def _counter_class():
             `limits` = (max_fraction, expected samples, bad keys reported), sent with every batch so
             that no registration call has to arrive first."""
             max_fraction, expected, keys_reported = limits
-            tally = self.tallies.setdefault(dataset, {"good": 0, "bad": 0, "bad_keys": []})
+            tally = self.tallies[dataset]
             tally["good"] += good
             tally["bad"] += len(bad)
             tally["bad_keys"].extend(bad[: max(0, keys_reported - len(tally["bad_keys"]))])
@@ -221,7 +223,7 @@ def _counter_class():
             return None
 
         def stats(self, dataset: str) -> dict[str, Any]:
-            tally = self.tallies.get(dataset, {"good": 0, "bad": 0, "bad_keys": []})
+            tally = self.tallies[dataset]
             return {"good": tally["good"], "bad": tally["bad"], "bad_keys": [k for k, _ in tally["bad_keys"]]}
 
     return BadSampleCounter

@@ -15,8 +15,8 @@ data, with the step counter, optimizer, LR schedule and RNG states of its checkp
 
 from __future__ import annotations
 
-import os
 import itertools
+import os
 import signal
 import sys
 import tempfile
