@@ -79,6 +79,13 @@ def warm_up(step, steps: int) -> None:
         step()
 
 
+def minor_page_faults() -> int:
+    """This process's minor page faults so far (fresh pages the kernel had to map and zero)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def timed(step, steps: int, device: torch.device) -> float:
     """Seconds per step over `steps` steps."""
     if device.type == "cuda":
@@ -173,22 +180,24 @@ def _ray_worker(config: dict) -> None:
 
     from aiprod.config import validate
     from aiprod.training.engine import worker_device
-    from aiprod.training.loop import freeze_imported_objects
+    from aiprod.training.process import prepare_training_process
 
-    freeze_imported_objects()  # as the curriculum's workers do
+    prepare_training_process()  # as the curriculum's workers do, and as main() does for (a) and (b)
     torch.set_num_threads(config["threads"])
     cfg = validate(config["cfg"])
     device = worker_device(cfg.train.use_gpu is True)
     step = deepspeed_step_fn(cfg, config["phase"], config["batch"], device)
     warm_up(step, config["warmup"])
-    baton, windows = config["baton"], []
+    baton, windows, faults = config["baton"], [], []
     ray.get(baton.give.remote("driver"))  # ready: the driver's rounds start now, not during our start-up
     while ray.get(baton.take.remote("worker")) == "worker":
+        before = minor_page_faults()
         windows.append(timed(step, config["window"], device))
+        faults.append((minor_page_faults() - before) / config["window"])
         ray.get(baton.give.remote("driver"))
     # Ray Train V2 keeps the metrics of checkpointed reports in Result.metrics: report a tiny one.
     with tempfile.TemporaryDirectory() as tmp:
-        ray.train.report({"windows": windows}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        ray.train.report({"windows": windows, "faults": faults}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def start_ray_worker(cfg: Config, phase_index: int, batch: int, use_gpu: bool, window: int, warmup: int,
@@ -255,8 +264,13 @@ def compare(cfg: Config, phase_index: int, batch: int, device: torch.device, arg
     for step in contenders.values():
         warm_up(step, args.warmup)
     rounds: list[dict[str, float]] = []
+    faults: dict[str, list[float]] = {name: [] for name in (*contenders, "ray")}
     for r in range(args.rounds):
-        times = {name: timed(step, args.window, device) for name, step in contenders.items()}
+        times = {}
+        for name, step in contenders.items():
+            before = minor_page_faults()
+            times[name] = timed(step, args.window, device)
+            faults[name].append((minor_page_faults() - before) / args.window)
         ray.get(baton.give.remote("worker"))
         take_turn(baton, thread, box)
         rounds.append(times)
@@ -268,6 +282,7 @@ def compare(cfg: Config, phase_index: int, batch: int, device: torch.device, arg
         raise RuntimeError(f"Ray Train worker failed: {box['error']}") from box["error"]
     for times, ray_s in zip(rounds, box["result"].metrics["windows"]):
         times["ray"] = ray_s
+    faults["ray"] = box["result"].metrics["faults"]
     median = statistics.median
     paired_ds = [t["plain"] / t["deepspeed"] for t in rounds]
     paired_ray = [t["deepspeed"] / t["ray"] for t in rounds]
@@ -277,6 +292,7 @@ def compare(cfg: Config, phase_index: int, batch: int, device: torch.device, arg
         "deepspeed_vs_plain_range": [min(paired_ds), max(paired_ds)],
         "ray_vs_deepspeed_range": [min(paired_ray), max(paired_ray)],
         "ray_fit_wall_s": time.perf_counter() - started,
+        **{f"{name}_page_faults_per_step": median(values) for name, values in faults.items()},
     }
 
 
@@ -352,6 +368,9 @@ def init_single_rank(backend: str) -> None:
 
 def main() -> int:
     args = parse_args()
+    from aiprod.training.process import prepare_training_process
+
+    prepare_training_process()
     cuda = torch.cuda.is_available()
     cfg = load_config(args.preset, args.overrides)
     if not cuda and cfg.train.precision == "fp16":
@@ -375,10 +394,10 @@ def main() -> int:
     if cuda:
         result.update({k: round(v, 4) for k, v in denoiser_mfu(args.mfu_preset, args.peak_tflops, 10, 3).items()})
         result["gtx1070_peak_gib"] = round(gtx1070_peak_gib(steps=3), 2)
-    print(f"{'contender':<28}{'samples/s':>12}")
+    print(f"{'contender':<28}{'samples/s':>12}{'page faults/step':>18}")
     for name, key in (("(a) plain PyTorch + AdamW", "plain"), ("(b) DeepSpeed engine", "deepspeed"),
                       ("(c) Ray Train + DeepSpeed", "ray")):
-        print(f"{name:<28}{measured[key + '_samples_s']:>12.2f}")
+        print(f"{name:<28}{measured[key + '_samples_s']:>12.2f}{measured[key + '_page_faults_per_step']:>18.0f}")
     for label, key, goal in (("b/a", "deepspeed_vs_plain", 0.95), ("c/b", "ray_vs_deepspeed", 0.97)):
         low, high = result[key + "_range"]
         print(f"{label} = {result[key]} (median of {args.rounds} rounds, {low}-{high}; goal >= {goal})")

@@ -41,6 +41,7 @@ from aiprod.training.logging import (
     Progress, RunLogger, contact_sheet_png, loss_curve_png, to_uint8_frames, write_file,
 )
 from aiprod.training.losses import VAELoss
+from aiprod.training.process import prepare_training_process
 
 SUMMARY_FILE = "summary.json"
 FINAL_DIR = "final"
@@ -604,24 +605,7 @@ class Worker:
         ray.train.report({"global_step": self.cur.global_step, "finished": True})
 
 
-def freeze_imported_objects() -> None:
-    """Move what the imports made (torch, DeepSpeed, Ray: ~200k objects) out of the collector's sight.
-
-    Each phase end frees the old engine's reference cycles with gc.collect(); a full collection
-    scanning every import-time object took 1-2 s a phase on a busy 2-core worker. Frozen objects
-    are never freed, so this runs before any model or engine exists."""
-    import gc
-
-    import deepspeed  # noqa: F401 - imported here so its objects are frozen too (the engine needs it anyway)
-
-    from aiprod.diffusion import pipeline  # noqa: F401 - phase-end samples
-    from aiprod.models import build_model  # noqa: F401
-
-    gc.collect()
-    gc.freeze()
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point (config built by aiprod.training.runner)."""
-    freeze_imported_objects()
+    prepare_training_process()
     Worker(config).run()
