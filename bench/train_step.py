@@ -1,7 +1,7 @@
 """Training-step throughput: plain PyTorch vs the DeepSpeed engine vs Ray Train + DeepSpeed.
 
     python bench/train_step.py [--preset tiny] [--phase 1] [--batch N] [--rounds 40] [--window 5]
-                               [--threads N] [key.path=value ...]
+                               [--threads N] [--no-ray] [key.path=value ...]
 
 The same model (the phase's trained component: the denoiser + text encoder for a denoiser phase,
 with the frozen VAE encoding the clips), the same fixed batch and the same precision, trained by
@@ -10,7 +10,9 @@ exactly as the curriculum builds it (one rank, train.zero_stage), (c) Ray Train'
 one worker running (b) inside. They take turns: each round times a `--window`-step window of (a),
 then of (b), then of (c) in the Ray worker (a baton actor passes the turn), so the machine's drift
 hits all three alike; samples/s are medians over rounds, the ratios medians of per-round ratios.
-Ray's start-up is outside the windows (reported as ray_fit_wall_s). With a GPU it also reports the
+Ray's start-up is outside the windows (reported as ray_fit_wall_s). Each contender's minor page faults
+per step are reported too (fresh pages the kernel maps in; see aiprod/training/process.py). Where Ray is
+not installed (or with --no-ray) (c) is skipped and its fields are null. With a GPU it also reports the
 denoiser's MFU in bf16, eager and torch.compile (`--mfu-preset cluster`), and the gtx1070 preset's
 first denoiser phase under an 8 GiB memory cap, fp32, TF32 off (peak memory). Last line: JSON
 {plain_samples_s, deepspeed_samples_s, ray_samples_s, deepspeed_vs_plain, ray_vs_deepspeed, ...}.
@@ -19,6 +21,7 @@ first denoiser phase under an 8 GiB memory cap, fp32, TF32 off (peak memory). La
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import socket
@@ -47,6 +50,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per contender first")
     p.add_argument("--threads", type=int, help="torch CPU threads of all three (default: train.cpus_per_worker, "
                    "as the curriculum's workers run)")
+    p.add_argument("--no-ray", dest="with_ray", action="store_false",
+                   help="skip (c) (also skipped, with a note, where Ray is not installed)")
     p.add_argument("--mfu-preset", default="cluster", help="GPU only: preset whose denoiser MFU is reported")
     p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="GPU bf16 dense peak")
     p.add_argument("overrides", nargs="*")
@@ -246,54 +251,62 @@ def take_turn(baton, thread, box, timeout_s: float = 600.0) -> None:
 
 
 def compare(cfg: Config, phase_index: int, batch: int, device: torch.device, args: argparse.Namespace) -> dict:
-    """Per-round seconds/step of (a), (b), (c) and the per-round ratios."""
+    """Per-round seconds/step of (a), (b) and, with Ray, (c); medians and per-round ratios."""
     import statistics
 
-    import ray
+    if args.with_ray:
+        import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=args.threads + 1, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    baton = make_baton()
-    started = time.perf_counter()
-    thread, box = start_ray_worker(cfg, phase_index, batch, device.type == "cuda", args.window, args.warmup,
-                                   args.threads, baton)
-    take_turn(baton, thread, box)  # the worker has built its engine and warmed up
+        if not ray.is_initialized():
+            ray.init(num_cpus=args.threads + 1, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        baton = make_baton()
+        started = time.perf_counter()
+        thread, box = start_ray_worker(cfg, phase_index, batch, device.type == "cuda", args.window, args.warmup,
+                                       args.threads, baton)
+        take_turn(baton, thread, box)  # the worker has built its engine and warmed up
     contenders = {"plain": plain_step_fn(cfg, phase_index, batch, device),
                   "deepspeed": deepspeed_step_fn(cfg, phase_index, batch, device)}
     for step in contenders.values():
         warm_up(step, args.warmup)
     rounds: list[dict[str, float]] = []
-    faults: dict[str, list[float]] = {name: [] for name in (*contenders, "ray")}
+    faults: dict[str, list[float]] = {name: [] for name in contenders}
     for r in range(args.rounds):
         times = {}
         for name, step in contenders.items():
             before = minor_page_faults()
             times[name] = timed(step, args.window, device)
             faults[name].append((minor_page_faults() - before) / args.window)
-        ray.get(baton.give.remote("worker"))
-        take_turn(baton, thread, box)
+        if args.with_ray:
+            ray.get(baton.give.remote("worker"))
+            take_turn(baton, thread, box)
         rounds.append(times)
         print(f"round {r + 1}/{args.rounds}: plain {times['plain'] * 1e3:.1f} ms, deepspeed "
               f"{times['deepspeed'] * 1e3:.1f} ms per step", flush=True)
-    ray.get(baton.give.remote("stop"))
-    thread.join()
-    if "error" in box:
-        raise RuntimeError(f"Ray Train worker failed: {box['error']}") from box["error"]
-    for times, ray_s in zip(rounds, box["result"].metrics["windows"]):
-        times["ray"] = ray_s
-    faults["ray"] = box["result"].metrics["faults"]
     median = statistics.median
     paired_ds = [t["plain"] / t["deepspeed"] for t in rounds]
-    paired_ray = [t["deepspeed"] / t["ray"] for t in rounds]
-    return {
-        **{f"{name}_samples_s": batch / median(t[name] for t in rounds) for name in ("plain", "deepspeed", "ray")},
-        "deepspeed_vs_plain": median(paired_ds), "ray_vs_deepspeed": median(paired_ray),
-        "deepspeed_vs_plain_range": [min(paired_ds), max(paired_ds)],
-        "ray_vs_deepspeed_range": [min(paired_ray), max(paired_ray)],
-        "ray_fit_wall_s": time.perf_counter() - started,
-        **{f"{name}_page_faults_per_step": median(values) for name, values in faults.items()},
+    measured = {
+        "deepspeed_vs_plain": median(paired_ds), "deepspeed_vs_plain_range": [min(paired_ds), max(paired_ds)],
+        "ray_samples_s": None, "ray_vs_deepspeed": None, "ray_vs_deepspeed_range": None,
+        "ray_page_faults_per_step": None,
     }
+    if args.with_ray:
+        ray.get(baton.give.remote("stop"))
+        thread.join()
+        if "error" in box:
+            raise RuntimeError(f"Ray Train worker failed: {box['error']}") from box["error"]
+        for times, ray_s in zip(rounds, box["result"].metrics["windows"]):
+            times["ray"] = ray_s
+        faults["ray"] = box["result"].metrics["faults"]
+        paired_ray = [t["deepspeed"] / t["ray"] for t in rounds]
+        measured.update({"ray_vs_deepspeed": median(paired_ray), "ray_vs_deepspeed_range": [min(paired_ray),
+                                                                                          max(paired_ray)],
+                         "ray_fit_wall_s": time.perf_counter() - started})
+    for name, values in faults.items():
+        measured[f"{name}_samples_s"] = batch / median(t[name] for t in rounds)
+        measured[f"{name}_page_faults_per_step"] = median(values)
+    first = ("plain_samples_s", "deepspeed_samples_s", "ray_samples_s", "deepspeed_vs_plain", "ray_vs_deepspeed")
+    return {**{key: measured[key] for key in first}, **measured}
 
 
 # ------------------------------------------------------------------------------ GPU extras
@@ -341,6 +354,12 @@ def denoiser_mfu(preset: str, peak_tflops: float, steps: int, warmup: int) -> di
 
 def gtx1070_peak_gib(steps: int) -> float:
     """The gtx1070 preset's first denoiser phase under an 8 GiB cap, fp32, TF32 off."""
+    import gc
+
+    gc.collect()  # the earlier contenders' engines and models: their cached blocks would count against the cap
+    torch.cuda.empty_cache()
+    if torch.cuda.memory_allocated() > 2**28:
+        raise RuntimeError(f"{torch.cuda.memory_allocated() / 2**30:.2f} GiB still allocated before the 8 GiB check")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     total = torch.cuda.get_device_properties(0).total_memory
@@ -368,6 +387,9 @@ def init_single_rank(backend: str) -> None:
 
 def main() -> int:
     args = parse_args()
+    if args.with_ray and importlib.util.find_spec("ray") is None:
+        print("Ray is not installed here: (c) Ray Train + DeepSpeed is skipped, c/b not measured", flush=True)
+        args.with_ray = False
     from aiprod.training.process import prepare_training_process
 
     prepare_training_process()
@@ -386,7 +408,8 @@ def main() -> int:
           f"{device}, {args.threads} threads, {args.rounds} rounds of {args.window} steps each", flush=True)
     measured = compare(cfg, args.phase, batch, device, args)
     result = {
-        **{k: [round(x, 3) for x in v] if isinstance(v, list) else round(v, 3) for k, v in measured.items()},
+        **{k: [round(x, 3) for x in v] if isinstance(v, list) else v if v is None else round(v, 3)
+           for k, v in measured.items()},
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "threads": args.threads, "preset": args.preset, "phase": args.phase, "batch": batch,
         "precision": cfg.train.precision, "zero_stage": cfg.train.zero_stage,
@@ -397,14 +420,17 @@ def main() -> int:
     print(f"{'contender':<28}{'samples/s':>12}{'page faults/step':>18}")
     for name, key in (("(a) plain PyTorch + AdamW", "plain"), ("(b) DeepSpeed engine", "deepspeed"),
                       ("(c) Ray Train + DeepSpeed", "ray")):
-        print(f"{name:<28}{measured[key + '_samples_s']:>12.2f}{measured[key + '_page_faults_per_step']:>18.0f}")
+        if measured[key + "_samples_s"] is not None:
+            print(f"{name:<28}{measured[key + '_samples_s']:>12.2f}{measured[key + '_page_faults_per_step']:>18.0f}")
     for label, key, goal in (("b/a", "deepspeed_vs_plain", 0.95), ("c/b", "ray_vs_deepspeed", 0.97)):
-        low, high = result[key + "_range"]
-        print(f"{label} = {result[key]} (median of {args.rounds} rounds, {low}-{high}; goal >= {goal})")
+        if result[key] is not None:
+            low, high = result[key + "_range"]
+            print(f"{label} = {result[key]} (median of {args.rounds} rounds, {low}-{high}; goal >= {goal})")
     print(json.dumps(result), flush=True)
-    import ray
+    if args.with_ray:
+        import ray
 
-    ray.shutdown()
+        ray.shutdown()
     return 0
 
 
