@@ -32,7 +32,7 @@ run: $(STAMP)
 	@echo "report: out/report/report.html (+ report.json, contact_sheet.png, loss_curves.png)"
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
