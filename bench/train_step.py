@@ -283,13 +283,7 @@ def compare(cfg: Config, phase_index: int, batch: int, device: torch.device, arg
         rounds.append(times)
         print(f"round {r + 1}/{args.rounds}: plain {times['plain'] * 1e3:.1f} ms, deepspeed "
               f"{times['deepspeed'] * 1e3:.1f} ms per step", flush=True)
-    median = statistics.median
-    paired_ds = [t["plain"] / t["deepspeed"] for t in rounds]
-    measured = {
-        "deepspeed_vs_plain": median(paired_ds), "deepspeed_vs_plain_range": [min(paired_ds), max(paired_ds)],
-        "ray_samples_s": None, "ray_vs_deepspeed": None, "ray_vs_deepspeed_range": None,
-        "ray_page_faults_per_step": None,
-    }
+    extra: dict[str, float] = {}
     if args.with_ray:
         ray.get(baton.give.remote("stop"))
         thread.join()
@@ -298,15 +292,18 @@ def compare(cfg: Config, phase_index: int, batch: int, device: torch.device, arg
         for times, ray_s in zip(rounds, box["result"].metrics["windows"]):
             times["ray"] = ray_s
         faults["ray"] = box["result"].metrics["faults"]
-        paired_ray = [t["deepspeed"] / t["ray"] for t in rounds]
-        measured.update({"ray_vs_deepspeed": median(paired_ray), "ray_vs_deepspeed_range": [min(paired_ray),
-                                                                                          max(paired_ray)],
-                         "ray_fit_wall_s": time.perf_counter() - started})
-    for name, values in faults.items():
-        measured[f"{name}_samples_s"] = batch / median(t[name] for t in rounds)
-        measured[f"{name}_page_faults_per_step"] = median(values)
-    first = ("plain_samples_s", "deepspeed_samples_s", "ray_samples_s", "deepspeed_vs_plain", "ray_vs_deepspeed")
-    return {**{key: measured[key] for key in first}, **measured}
+        extra["ray_fit_wall_s"] = time.perf_counter() - started
+    median = statistics.median
+    names, ran = ("plain", "deepspeed", "ray"), set(faults)  # what was not timed (no Ray) is None
+    paired = {f"{b}_vs_{a}": [t[a] / t[b] for t in rounds] if b in ran else None
+              for a, b in (("plain", "deepspeed"), ("deepspeed", "ray"))}
+    return {
+        **{f"{n}_samples_s": batch / median(t[n] for t in rounds) if n in ran else None for n in names},
+        **{key: median(values) if values else None for key, values in paired.items()},
+        **{f"{key}_range": [min(values), max(values)] if values else None for key, values in paired.items()},
+        **{f"{n}_page_faults_per_step": median(faults[n]) if n in ran else None for n in names},
+        **extra,
+    }
 
 
 # ------------------------------------------------------------------------------ GPU extras
