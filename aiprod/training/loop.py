@@ -248,10 +248,11 @@ class Worker:
             yield to_model_batch(batch)
 
     def prefetch_first_batch(self, phase_index: int) -> None:
-        """Start the next phase's first pass and fetch its first batch in a thread.
+        """Start a phase's first pass and fetch its first batch in a thread.
 
-        A phase's data starts cold (a Ray Data split coordinator and read/decode tasks: seconds);
-        begun at the end of the previous phase, that start overlaps its checkpoint and outputs."""
+        A phase's data starts cold (a Ray Data split coordinator and read/decode tasks: seconds).
+        Begun before the phase's engine is built (at the run's start, and at the end of the previous
+        phase), that start overlaps the engine build, the checkpoint and the phase outputs."""
         box: dict[str, Any] = {"batches": self.batches(phase_index)}
 
         def fetch() -> None:
@@ -284,6 +285,8 @@ class Worker:
         if self.rank == 0:
             ckpt.cleanup_orphans(self.run_uri)
         self.restore()
+        if not self.cur.finished:  # the data's cold start overlaps the DeepSpeed import and engine build
+            self.prefetch_first_batch(self.cur.current)
         while not self.cur.finished:
             try:
                 self.train_phase()
