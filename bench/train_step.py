@@ -103,6 +103,13 @@ def timed(step, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def timed_window(step, steps: int, device: torch.device) -> tuple[float, float]:
+    """(seconds per step, minor page faults per step) over `steps` steps."""
+    before = minor_page_faults()
+    seconds = timed(step, steps, device)
+    return seconds, (minor_page_faults() - before) / steps
+
+
 def plain_step_fn(cfg: Config, phase_index: int, batch: int, device: torch.device):
     """(a): the phase's module trained by a plain loop: torch AdamW, grad clipping as configured."""
     from aiprod.training.engine import autocast
@@ -196,9 +203,9 @@ def _ray_worker(config: dict) -> None:
     baton, windows, faults = config["baton"], [], []
     ray.get(baton.give.remote("driver"))  # ready: the driver's rounds start now, not during our start-up
     while ray.get(baton.take.remote("worker")) == "worker":
-        before = minor_page_faults()
-        windows.append(timed(step, config["window"], device))
-        faults.append((minor_page_faults() - before) / config["window"])
+        seconds, per_step = timed_window(step, config["window"], device)
+        windows.append(seconds)
+        faults.append(per_step)
         ray.get(baton.give.remote("driver"))
     # Ray Train V2 keeps the metrics of checkpointed reports in Result.metrics: report a tiny one.
     with tempfile.TemporaryDirectory() as tmp:
@@ -274,9 +281,8 @@ def compare(cfg: Config, phase_index: int, batch: int, device: torch.device, arg
     for r in range(args.rounds):
         times = {}
         for name, step in contenders.items():
-            before = minor_page_faults()
-            times[name] = timed(step, args.window, device)
-            faults[name].append((minor_page_faults() - before) / args.window)
+            times[name], per_step = timed_window(step, args.window, device)
+            faults[name].append(per_step)
         if args.with_ray:
             ray.get(baton.give.remote("worker"))
             take_turn(baton, thread, box)

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from aiprod.training import checkpoint as ckpt
 from aiprod.training.curriculum import Curriculum, planned_steps
 from aiprod.training.engine import deepspeed_config, lr_schedule
 from aiprod.training.workers import choose_workers
+from tests.conftest import ROOT
 
 
 # ----------------------------------------------------------------------------- workers
@@ -312,7 +312,7 @@ def test_training_steps_reuse_freed_memory_instead_of_faulting_in_fresh_pages():
     import sys
 
     done = subprocess.run([sys.executable, "-c", _STEP_PAGE_FAULTS], capture_output=True, text=True, check=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     default, kept = map(float, done.stdout.split()[-2:])
     assert default > 1000, f"glibc's defaults no longer fault a step's memory in ({default:.0f}/step): recheck"
     assert kept < default / 5, f"page faults per step: {kept:.0f} with keep_freed_memory(), {default:.0f} without"

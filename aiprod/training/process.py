@@ -24,8 +24,9 @@ def keep_freed_memory() -> bool:
     blocks of 128 KiB and up back to the kernel (each is its own mmap, and the heap top is trimmed),
     so the next step faults fresh zeroed pages in again: up to ~3k page faults a step on the tiny
     denoiser phase, worst in a Ray Train worker (its loop runs in a thread, with a malloc arena of its
-    own), whose step then ran ~10 % slower than the same step in a plain process. Fixed thresholds (blocks under 32 MiB come from the heap,
-    which keeps up to 1 GiB of free top) bring that to a handful; larger tensors are mmapped as before.
+    own), whose step then ran ~10 % slower than the same step in a plain process. Fixed thresholds
+    (blocks under 32 MiB come from the heap, which keeps up to 1 GiB of free top) bring that to a
+    handful; larger tensors are mmapped as before.
     Returns False where the C library is not glibc (nothing changed)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
