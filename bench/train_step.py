@@ -110,12 +110,15 @@ def timed_window(step, steps: int, device: torch.device) -> tuple[float, float]:
     return seconds, (minor_page_faults() - before) / steps
 
 
-def plain_step_fn(cfg: Config, phase_index: int, batch: int, device: torch.device):
-    """(a): the phase's module trained by a plain loop: torch AdamW, grad clipping as configured."""
+def plain_step_fn(cfg: Config, phase_index: int, batch: int, device: torch.device, ddp: bool = False):
+    """(a): the phase's module trained by a plain loop: torch AdamW, grad clipping as configured
+    (`ddp`: wrapped in DistributedDataParallel, which all-reduces the gradients across ranks)."""
     from aiprod.training.engine import autocast
 
     module, video, captions = setup(cfg, phase_index, batch, device)
     params = [p for p in module.parameters() if p.requires_grad]
+    if ddp:
+        module = torch.nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
     phase = cfg.curriculum.phases[phase_index]
     optimizer = torch.optim.AdamW(params, lr=phase.lr, betas=tuple(cfg.train.betas),
                                   weight_decay=cfg.train.weight_decay)
@@ -133,13 +136,13 @@ def plain_step_fn(cfg: Config, phase_index: int, batch: int, device: torch.devic
     return step
 
 
-def deepspeed_step_fn(cfg: Config, phase_index: int, batch: int, device: torch.device):
-    """(b): a DeepSpeed engine as the curriculum builds it (one rank), and its step function."""
+def deepspeed_step_fn(cfg: Config, phase_index: int, batch: int, device: torch.device, world_size: int = 1):
+    """(b): a DeepSpeed engine as the curriculum builds it (`world_size` ranks), and its step function."""
     from aiprod.training.engine import autocast, build_engine
 
     module, video, captions = setup(cfg, phase_index, batch, device)
     phase = cfg.curriculum.phases[phase_index].model_copy(update={"batch_size": batch, "grad_accum": 1})
-    pe = build_engine(module, cfg.train, phase, world_size=1, total_steps=1_000_000)
+    pe = build_engine(module, cfg.train, phase, world_size=world_size, total_steps=1_000_000)
     generator = torch.Generator(device=device).manual_seed(0)
 
     def step() -> None:
@@ -377,15 +380,19 @@ def gtx1070_peak_gib(steps: int) -> float:
     return torch.cuda.max_memory_allocated() / 2**30
 
 
-def init_single_rank(backend: str) -> None:
-    import torch.distributed as dist
-
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update({"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port)})
-    dist.init_process_group(backend, rank=0, world_size=1)
+        return s.getsockname()[1]
+
+
+def init_rank(backend: str, rank: int = 0, world_size: int = 1, port: int | None = None) -> None:
+    """Join a process group on loopback as DeepSpeed expects it (rank env vars set)."""
+    import torch.distributed as dist
+
+    os.environ.update({"LOCAL_RANK": str(rank), "RANK": str(rank), "WORLD_SIZE": str(world_size),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port or free_port())})
+    dist.init_process_group(backend, rank=rank, world_size=world_size)
 
 
 def main() -> int:
@@ -405,7 +412,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     phase = cfg.curriculum.phases[args.phase]
     batch = args.batch or phase.batch_size
-    init_single_rank("nccl" if cuda else "gloo")
+    init_rank("nccl" if cuda else "gloo")
     print(f"preset {args.preset}, phase {args.phase} '{phase.name}' ({phase.component}), batch {batch}, "
           f"{phase.frames}x{phase.height}x{phase.width}, {cfg.train.precision}, ZeRO-{cfg.train.zero_stage}, "
           f"{device}, {args.threads} threads, {args.rounds} rounds of {args.window} steps each", flush=True)
