@@ -377,6 +377,9 @@ def _ingress_defaults() -> DeploymentConfig:
 
 class ServeConfig(Section):
     model: str | None = Field(None, description="registry version, 'production', or checkpoint dir")
+    follow_registry_s: float = Field(
+        30.0, ge=0, description="how often replicas serving 'production' or 'latest' re-read that registry "
+        "pointer and swap in the version it names (0 = only when the replica loads)")
     languages: list[str] = Field(default_factory=lambda: ["en", "hi", "bn", "ta", "te", "mr"])
     max_prompt_chars: int = Field(500, ge=1)
     max_duration_s: float = Field(10.0, gt=0)

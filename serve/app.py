@@ -7,7 +7,7 @@
 POST /v1/videos -> video/mp4; POST /v1/emergency -> video/mp4, always (template card when the model
 path is overloaded, failing or too slow); GET /v1/models, /v1/health, /v1/ready; OpenAPI at /docs.
 The model version to serve is each generator's `user_config` ({model, ab, fault}), applied live
-by reconfigure(). The logic lives in aiprod.serving; this file maps it to Serve and HTTP.
+by reconfigure(); replicas serving `production` or `latest` also follow that registry pointer. The logic lives in aiprod.serving; this file maps it to Serve and HTTP.
 """
 
 import asyncio
@@ -241,6 +241,7 @@ class StandardGenerator:
     def __init__(self, config: dict):
         self.cfg = validate(config)
         self.host = ModelHost(self.cfg, _device(self.cfg.serve.standard.num_gpus))
+        self.host.follow_registry(self.cfg.serve.follow_registry_s)
         self.generate.set_max_batch_size(self.cfg.serve.batch_max_size)
         self.generate.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_s)
 
@@ -260,6 +261,7 @@ class EmergencyGenerator:
     def __init__(self, config: dict):
         self.cfg = validate(config)
         self.host = ModelHost(self.cfg, _device(self.cfg.serve.emergency.num_gpus))
+        self.host.follow_registry(self.cfg.serve.follow_registry_s)
         self.worker = EmergencyWorker(self.cfg, self.host)
         warm_up(self.cfg)
 

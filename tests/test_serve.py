@@ -20,6 +20,7 @@ import yaml
 from aiprod.config import load_config
 from aiprod.serving import ModelHost, request_bucket
 from aiprod.serving.generation import Breaker
+from aiprod.serving.models import CURRENT, Served
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV, KEY = "AIPROD_TEST_API_KEY", "test-key-123"
@@ -41,6 +42,7 @@ OVERRIDES = [
     "serve.standard.num_cpus=0.25",
     "serve.emergency.num_cpus=0.25",
     "serve.ingress.num_cpus=0.25",
+    "serve.follow_registry_s=0.5",
 ]
 TINY = load_config("tiny", OVERRIDES)
 
@@ -92,8 +94,9 @@ class App:
         if wait:
             self.wait_applied(model, fault, ab)
 
-    def wait_applied(self, model: str, fault: dict | None = None, ab: dict | None = None) -> None:
-        """Poll /v1/models until both generators serve `model` with `fault` and `ab`."""
+    def wait_applied(self, model: str, fault: dict | None = None, ab: dict | None = None,
+                     version: str | None = None) -> None:
+        """Poll /v1/models until both generators serve `model` (at `version`, if given) with `fault` and `ab`."""
         expected_fault = {**TINY.serve.fault.model_dump(), **(fault or {})}
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -101,6 +104,7 @@ class App:
                 info = self.http.get("/v1/models", headers=AUTH).json()
                 if all(
                     (info[name].get("a") or {}).get("spec") == model and info[name]["fault"] == expected_fault
+                    and version in (None, info[name]["a"]["version"])
                     and ((info[name].get("b") or {}).get("spec") == (ab or {}).get("version"))
                     for name in ("standard", "emergency")
                 ):
@@ -108,7 +112,7 @@ class App:
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
             time.sleep(0.3)
-        raise TimeoutError(f"model {model}, fault {fault}, ab {ab} not applied within 120 s")
+        raise TimeoutError(f"model {model} {version or ''}, fault {fault}, ab {ab} not applied within 120 s")
 
     def video(self, **body) -> httpx.Response:
         return self.http.post("/v1/videos", json={"prompt": "a red circle moving right", "steps": 1, **body},
@@ -353,6 +357,24 @@ def test_version_switch_under_load_loses_no_request(served):
     assert served.video().headers["x-model-version"] == V1
 
 
+def test_replicas_follow_a_promotion_and_a_rollback_in_the_registry(served):
+    from aiprod.registry import Registry
+
+    registry = Registry(str(served.registry_root))
+    assert served.video().headers["x-model-version"] == V1
+    pid = served.http.get("/v1/models", headers=AUTH).json()["standard"]["pid"]
+    registry.promote(V2, gates={}, force=True, reason="test: replicas follow production")
+    try:
+        served.wait_applied("production", version=V2)  # no deploy: the replicas re-read the pointer
+        assert served.video().headers["x-model-version"] == V2
+        info = served.http.get("/v1/models", headers=AUTH).json()
+        assert info["standard"]["a"]["pointer_target"] == V2 and info["standard"]["pid"] == pid
+    finally:
+        registry.rollback()
+    served.wait_applied("production", version=V1)
+    assert served.video().headers["x-model-version"] == V1
+
+
 def test_ab_split_by_request_hash(served):
     ids = [f"req-{i}" for i in range(40)]
     b_ids = [i for i in ids if request_bucket(i) < 0.5][:2]
@@ -385,6 +407,27 @@ def test_model_host_swaps_without_breaking_a_running_request(served):
     host.apply({"model": "pib-videogen-standard-v9.9.9-general"})  # not in the registry
     assert host.pick(0.0)[1].version == V2
     assert "v9.9.9" in host.info()["error"]
+
+
+def test_registry_refresh_never_replaces_a_config_on_its_way():
+    loading = threading.Event()
+
+    def loader(spec: str, cfg, device: str) -> Served:
+        loading.wait(30)
+        return Served(None, spec, spec, spec)
+
+    host = ModelHost(load_config("tiny"), loader=loader)
+    loading.set()
+    host.apply({"model": "ckpt-a"})
+    loading.clear()  # loads block from here on
+    host.apply_in_background({"model": "ckpt-b"})
+    host.apply_in_background({"model": "ckpt-c"})  # a deploy while ckpt-b loads: the latest wins
+    host.apply_in_background(CURRENT)  # a registry refresh meanwhile must not replace it
+    loading.set()
+    deadline = time.monotonic() + 30
+    while host.pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not host.pending and host.a.spec == "ckpt-c" and host.user.model == "ckpt-c"
 
 
 def test_breaker_opens_after_failures_and_estimates_latency():

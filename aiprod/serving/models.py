@@ -1,6 +1,8 @@
 """The models a generator replica serves: arm a (serve.model) and optionally arm b (serve.ab), with
 live swaps. A swap loads the new pipeline first and then replaces the reference in one assignment;
-requests already running keep the pipeline object they started with, so none is dropped.
+requests already running keep the pipeline object they started with, so none is dropped. An arm
+that names a moving registry pointer (`production`, `latest`) follows it: a promotion or rollback
+in the registry is swapped in within serve.follow_registry_s, the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from aiprod.serving.schemas import UserConfig
 
 log = logging.getLogger(__name__)
 BUCKETS = 2**32
+MOVING_REFS = ("production", "latest")
+CURRENT = "current"  # apply_in_background(CURRENT): re-apply the config in force when the load starts
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class Served:
     version: str
     spec: str
     source: str  # the directory it was loaded from
+    target: str | None = None  # for a moving registry pointer: the version it named at load
 
 
 def request_bucket(key: str | bytes) -> float:
@@ -46,12 +51,23 @@ def resolve_model_dir(spec: str, cfg: Config) -> str:
     return str(resolve(cfg.registry.root, spec, cfg=cfg.registry))
 
 
+def pointer_target(spec: str, cfg: Config) -> str | None:
+    """The version a moving registry pointer (`production`, `latest`) names now (one small read of
+    the registry); None for any other spec."""
+    if spec not in MOVING_REFS or Path(spec).is_dir():
+        return None
+    from aiprod.registry import Registry
+
+    return Registry(cfg.registry.root, cfg.registry).pointer(spec)
+
+
 def load_served(spec: str, cfg: Config, device: str) -> Served:
     from aiprod.diffusion.pipeline import VideoPipeline
 
-    source = resolve_model_dir(spec, cfg)
+    target = pointer_target(spec, cfg)
+    source = resolve_model_dir(target or spec, cfg)  # the version read, not the pointer: it may move meanwhile
     pipeline = VideoPipeline.from_checkpoint(source, device=device)
-    return Served(pipeline, pipeline.version, spec, source)
+    return Served(pipeline, pipeline.version, spec, source, target)
 
 
 class ModelHost:
@@ -72,20 +88,29 @@ class ModelHost:
         self._desired: UserConfig | None = None
         self._loader_thread: threading.Thread | None = None
         self._desired_lock = threading.Lock()
+        self.user: UserConfig | None = None  # the last config applied
+        self._follower: threading.Thread | None = None
 
     def _get(self, spec: str | None, keep: list[Served | None]) -> Served | None:
         if spec is None:
             return None
         for served in keep:
-            if served is not None and served.spec == spec:
+            if served is not None and served.spec == spec and (
+                    served.target is None or served.target == pointer_target(spec, self.cfg)):
                 return served
         return self._loader(spec, self.cfg, self.device)
 
-    def apply(self, user: UserConfig | dict[str, Any]) -> None:
+    def apply(self, user: UserConfig | dict[str, Any] | str) -> None:
         """Load what `user` names, then swap. A model that fails to load leaves the arm as it was
-        and is reported in `error` (and /v1/models), so a bad rollout cannot take the service down."""
-        user = user if isinstance(user, UserConfig) else UserConfig.model_validate(user or {})
+        and is reported in `error` (and /v1/models), so a bad rollout cannot take the service down.
+        CURRENT re-applies the config in force (moving registry pointers then load what they name now)."""
+        if user != CURRENT:
+            user = user if isinstance(user, UserConfig) else UserConfig.model_validate(user or {})
         with self._lock:
+            if user == CURRENT:
+                if self.user is None:
+                    return
+                user = self.user
             keep = [self.a, self.b]
             errors = []
             try:
@@ -101,6 +126,7 @@ class ModelHost:
                     errors.append(f"ab.version {user.ab.version!r}: {type(exc).__name__}: {exc}")
             self.a, self.b, self.fraction = a, b, fraction
             self.fault = user.fault
+            self.user = user
             self.error = "; ".join(errors) or None
             self.updated_at = time.time()
             self.applied_once = True
@@ -115,12 +141,15 @@ class ModelHost:
         else:
             await asyncio.to_thread(self.apply, user)
 
-    def apply_in_background(self, user: UserConfig | dict[str, Any]) -> None:
-        """apply() on a background thread; the latest call wins. The replica keeps serving the
-        current model while the next one loads (Serve stops routing to a replica while its
-        reconfigure() runs, so that call must return quickly)."""
-        user = user if isinstance(user, UserConfig) else UserConfig.model_validate(user or {})
+    def apply_in_background(self, user: UserConfig | dict[str, Any] | str) -> None:
+        """apply() on a background thread; the latest call wins, except that CURRENT never replaces a
+        config still on its way. The replica keeps serving the current model while the next one loads
+        (Serve stops routing to a replica while its reconfigure() runs, so that call must return quickly)."""
+        if user != CURRENT:
+            user = user if isinstance(user, UserConfig) else UserConfig.model_validate(user or {})
         with self._desired_lock:
+            if user == CURRENT and self._desired is not None:
+                return
             self._desired = user
             if self._loader_thread is not None and self._loader_thread.is_alive():
                 return
@@ -136,6 +165,30 @@ class ModelHost:
                     return
             self.apply(user)
 
+    def follow_registry(self, interval_s: float) -> None:
+        """Every `interval_s`, re-read the registry pointers the arms follow; when one has moved,
+        re-apply the config in force in the background (which loads what the pointer names now).
+        0 turns it off. A registry that cannot be read is logged and tried again next time."""
+        if interval_s <= 0 or self._follower is not None:
+            return
+
+        def follow() -> None:
+            while True:
+                time.sleep(interval_s)
+                try:
+                    if not self.pending and self.pointers_moved():
+                        self.apply_in_background(CURRENT)
+                except Exception as exc:  # noqa: BLE001 - the current model keeps serving
+                    log.warning("registry pointer check failed: %s: %s", type(exc).__name__, exc)
+
+        self._follower = threading.Thread(target=follow, name="registry-follower", daemon=True)
+        self._follower.start()
+
+    def pointers_moved(self) -> bool:
+        """Whether a moving pointer an arm serves now names another version than the one loaded."""
+        return any(served is not None and served.target is not None
+                   and pointer_target(served.spec, self.cfg) != served.target for served in (self.a, self.b))
+
     @property
     def pending(self) -> bool:
         return self._desired is not None or (self._loader_thread is not None and self._loader_thread.is_alive())
@@ -148,7 +201,8 @@ class ModelHost:
 
     def info(self) -> dict[str, Any]:
         def describe(served: Served | None) -> dict[str, Any] | None:
-            return None if served is None else {"version": served.version, "spec": served.spec, "source": served.source}
+            return None if served is None else {"version": served.version, "spec": served.spec,
+                                                "source": served.source, "pointer_target": served.target}
 
         return {
             "a": describe(self.a),
