@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -199,7 +200,13 @@ def test_ray_job_submit_to_a_head_started_with_ray_start(shards, tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's unix sockets live under it
     gcs, dashboard = free_port(), free_port()
     venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
+    # Token auth set explicitly for the head and every CLI call. Left unset, Ray 2.60's `ray start`
+    # turns it on when ~/.ray/auth_token exists (any earlier local ray.init() writes one) while the
+    # CLI client sends no token: the outcome would depend on the machine and on test order.
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     env.pop("RAY_ADDRESS", None)
     ports = {"--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
              "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port(),
