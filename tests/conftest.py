@@ -83,12 +83,14 @@ def ray_cluster(s3_endpoint, tmp_path_factory):
     """One real local Ray cluster for the whole session (started after S3 so workers see it)."""
     import ray
 
+    from aiprod.ray_local import local_runtime_env
+
     if not ray.is_initialized():
         ray.init(
             num_cpus=8,  # logical CPUs: 2 train workers + Ray Data + Serve on 2 real cores
             object_store_memory=1_500_000_000,
             include_dashboard=False,
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+            runtime_env=local_runtime_env(),  # as the jobs' own local clusters
             log_to_driver=True,
         )
     yield ray
