@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from aiprod import manifest, storage
-from aiprod.config import RegistryConfig
+from aiprod.config import Config, RegistryConfig, apply_override, validate
 from aiprod.eval.gates import passes_gates
 
 WEIGHTS, CONFIG, STATE, REPORT, ENTRY = "model.safetensors", "config.yaml", "state.json", "report.json", "entry.json"
@@ -355,6 +355,19 @@ class Registry:
                          "production": name == production, "latest": name == latest,
                          "metrics": report.get("metrics", {}), "source": entry.get("source")})
         return rows
+
+    def config(self, name: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+        """The resolved config `name` was trained with (its config.yaml), `key.path=value` overrides applied."""
+        import yaml
+
+        self._require(name)
+        data = self.store.read(f"{name}/{CONFIG}")
+        if data is None:
+            raise IntegrityError(f"registry: {name} has no {CONFIG}")
+        tree = yaml.safe_load(data) or {}
+        for override in overrides:
+            apply_override(tree, override)
+        return validate(tree)
 
     def verify(self, name: str) -> list[str]:
         """Problems with the entry's files against its manifest (empty = intact)."""

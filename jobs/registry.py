@@ -8,8 +8,10 @@
     python jobs/registry.py verify pib-videogen-standard-v0.1.0-general
     python jobs/registry.py history | resolve production
 
---root defaults to registry.root and the release gates to eval.gates of the config
-(--preset / --config, plus `--set key.path=value`). Exits non-zero with a message on failure.
+--root defaults to registry.root of the config (--preset / --config, default tiny, plus
+`--set key.path=value`). `promote` checks the version against the release gates (eval.gates) of the
+config it was trained with, stored in the registry, with --set applied; an explicit --preset or
+--config uses that config's gates instead. Exits non-zero with a message on failure.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from aiprod.registry import Registry, RegistryError  # noqa: E402
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--root", help="registry root: local dir or s3:// prefix (default: registry.root)")
-    p.add_argument("--preset", default="tiny", help="preset for registry.* and eval.gates")
+    p.add_argument("--preset", help="preset for registry.* (default tiny); with promote, its eval.gates "
+                   "instead of the version's own")
     p.add_argument("--config", help="YAML config file (overrides --preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     sub = p.add_subparsers(dest="command", required=True)
@@ -59,7 +62,7 @@ def _metrics_text(metrics: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config or args.preset, args.set)
+    cfg = load_config(args.config or args.preset or "tiny", args.set)
     reg = Registry(args.root or cfg.registry.root, cfg.registry)
     if args.command == "publish":
         uri = reg.publish(args.checkpoint, args.version, report=args.report)
@@ -74,7 +77,13 @@ def run(args: argparse.Namespace) -> int:
             marks = ",".join(m for m in ("production", "latest") if row[m])
             print(f"{row['version']:<48} {row['published_at'] or '?':<26} {marks:<18} {_metrics_text(row['metrics'])}")
     elif args.command == "promote":
-        event = reg.promote(args.version, cfg.eval.gates, force=args.force, reason=args.reason)
+        if args.config or args.preset:
+            gates, source = cfg.eval.gates, f"--config {args.config}" if args.config else f"--preset {args.preset}"
+        else:
+            own = reg.config(args.version, args.set)
+            gates, source = own.eval.gates, f"the version's own config (preset {own.preset})"
+        print(f"release gates from {source}: {json.dumps(gates)}")
+        event = reg.promote(args.version, gates, force=args.force, reason=args.reason)
         note = f" (forced: {args.reason}; failed gates: {'; '.join(event['gate_failures'])})" if event["forced"] else ""
         print(f"production -> {args.version} (was {event['replaced']}){note}")
     elif args.command == "rollback":

@@ -220,3 +220,19 @@ def test_cli(tmp_path, checkpoint, reports):
     assert rc == 1 and "bad version name" in err
     rc, out, _ = run("history")
     assert [json.loads(line)["action"] for line in out.splitlines()] == ["publish", "promote"]
+
+    # promote takes the gates of the config the version was trained with, not the CLI's default preset
+    from aiprod.config import load_config
+    from aiprod.diffusion.pipeline import VideoPipeline
+    from aiprod.models import build_model
+
+    strict_cfg = load_config("tiny", ["eval.gates.psnr_min=12.0"])
+    strict = tmp_path / "strict"
+    VideoPipeline(strict_cfg, build_model(strict_cfg.model), version="trainer").save_pretrained(strict)
+    strict_name = V.format("0.3.0")
+    assert run("publish", str(strict), "--version", strict_name, "--report", str(reports["bad"]))[0] == 0
+    rc, out, err = run("promote", strict_name)  # psnr 9.5 passes tiny's 8, not its own 12
+    assert rc == 1 and "fails the release gates" in err and "psnr_min" in err
+    assert "gates from the version's own config" in out and '"psnr_min": 12.0' in out
+    rc, out, _ = run("--preset", "tiny", "promote", strict_name)  # an explicit config's gates win
+    assert rc == 0 and f"production -> {strict_name}" in out and "gates from --preset tiny" in out
