@@ -7,7 +7,8 @@
 POST /v1/videos -> video/mp4; POST /v1/emergency -> video/mp4, always (template card when the model
 path is overloaded, failing or too slow); GET /v1/models, /v1/health, /v1/ready; OpenAPI at /docs.
 The model version to serve is each generator's `user_config` ({model, ab, fault}), applied live
-by reconfigure(); replicas serving `production` or `latest` also follow that registry pointer. The logic lives in aiprod.serving; this file maps it to Serve and HTTP.
+by reconfigure(); replicas serving `production` or `latest` also follow that registry pointer.
+The logic lives in aiprod.serving; this file maps it to Serve and HTTP.
 """
 
 import asyncio

@@ -5,7 +5,6 @@ later deploys change only the generators' user_config, which Serve applies by re
 from __future__ import annotations
 
 import io
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +20,8 @@ from aiprod.config import load_config
 from aiprod.serving import ModelHost, request_bucket
 from aiprod.serving.generation import Breaker
 from aiprod.serving.models import CURRENT, Served
+from tests.conftest import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV, KEY = "AIPROD_TEST_API_KEY", "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 V1 = "pib-videogen-standard-v1.0.0-general"
@@ -45,12 +44,6 @@ OVERRIDES = [
     "serve.follow_registry_s=0.5",
 ]
 TINY = load_config("tiny", OVERRIDES)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_registry(root: Path) -> None:

@@ -61,6 +61,13 @@ def pointer_target(spec: str, cfg: Config) -> str | None:
     return Registry(cfg.registry.root, cfg.registry).pointer(spec)
 
 
+def _as_user(user: UserConfig | dict[str, Any] | str | None) -> UserConfig | str:
+    """A validated user_config, or CURRENT as is."""
+    if user == CURRENT or isinstance(user, UserConfig):
+        return user
+    return UserConfig.model_validate(user or {})
+
+
 def load_served(spec: str, cfg: Config, device: str) -> Served:
     from aiprod.diffusion.pipeline import VideoPipeline
 
@@ -104,8 +111,7 @@ class ModelHost:
         """Load what `user` names, then swap. A model that fails to load leaves the arm as it was
         and is reported in `error` (and /v1/models), so a bad rollout cannot take the service down.
         CURRENT re-applies the config in force (moving registry pointers then load what they name now)."""
-        if user != CURRENT:
-            user = user if isinstance(user, UserConfig) else UserConfig.model_validate(user or {})
+        user = _as_user(user)
         with self._lock:
             if user == CURRENT:
                 if self.user is None:
@@ -145,8 +151,7 @@ class ModelHost:
         """apply() on a background thread; the latest call wins, except that CURRENT never replaces a
         config still on its way. The replica keeps serving the current model while the next one loads
         (Serve stops routing to a replica while its reconfigure() runs, so that call must return quickly)."""
-        if user != CURRENT:
-            user = user if isinstance(user, UserConfig) else UserConfig.model_validate(user or {})
+        user = _as_user(user)
         with self._desired_lock:
             if user == CURRENT and self._desired is not None:
                 return
