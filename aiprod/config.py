@@ -44,14 +44,25 @@ class VAEConfig(Section):
     spatial_compression: int = Field(16, ge=1, description="power of two; 2**(levels) downsampling")
     temporal_compression: int = Field(4, ge=1, description="clips of 1+k*tc frames -> 1+k latents")
     attention_heads: int = Field(8, ge=1, description="temporal self-attention in the bottleneck")
+    temporal_attention: bool = Field(True, description="False with temporal_kernel 1: a per-frame (image) VAE")
     decoder_res_blocks: int | None = Field(None, ge=1, description="per level; None = num_res_blocks+1")
     norm_groups: int = Field(32, ge=1, description="GroupNorm groups (largest divisor of channels <= this)")
-    scaling_factor: float = Field(1.0, gt=0, description="latent * scaling_factor ~ unit variance")
+    temporal_kernel: int = Field(3, ge=1, description="time extent of the convolutions (1 = per-frame 2D convs)")
+    logvar_init: float = Field(0.0, description="initial posterior log-variance (encoder output bias)")
     tile_latent_frames: int = Field(8, ge=1, description="temporal tile for encode/decode")
+    recon_loss: Literal["l1", "mse"] = Field("mse", description="pixel reconstruction loss of VAE training")
     kl_weight: float = Field(1e-6, ge=0)
     temporal_weight: float = Field(0.1, ge=0, description="temporal smoothness loss weight")
     perceptual_weight: float = Field(0.1, ge=0)
     vgg16_weights: str | None = Field(None, description="local VGG16 weights for perceptual loss")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_fixed_scaling_factor(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "scaling_factor" in data:
+            raise ValueError("scaling_factor was removed: the latent shift and scale are measured on data and "
+                             "stored with the weights (aiprod/diffusion/latents.py); delete the key")
+        return data
 
 
 class TextConfig(Section):
@@ -76,6 +87,11 @@ class DenoiserConfig(Section):
     cnn_kernel: int = Field(3, ge=1, description="3D conv kernel of the CNN blocks (odd)")
     norm_groups: int = Field(32, ge=1, description="GroupNorm groups in CNN blocks")
     rope_theta: float = Field(10000.0, gt=1.0, description="3D RoPE base frequency")
+    pooled_text: bool = Field(True, description="the caption's mean feature conditions every block (adaLN), "
+                              "beside cross-attention")
+    position_embedding: Literal["sincos", "none"] = Field(
+        "sincos", description="absolute (t, h, w) token embedding beside RoPE: RoPE alone gives each head only "
+        "separable relative offsets, and motion is a joint one (x moves with t)")
     timestep_freq_dim: int = Field(256, ge=2, description="sinusoidal timestep embedding size")
     activation_checkpointing: bool = False
 
@@ -101,6 +117,9 @@ class EmergencyPathConfig(Section):
 
 class DiffusionConfig(Section):
     noise_lambda: float = Field(0.7, ge=0.0, le=1.0, description="λ: base-noise share (VideoFusion)")
+    latents: Literal["mean", "sample"] = Field(
+        "mean", description="what the denoiser learns: the VAE posterior's mean (measured better) or a sample")
+    latent_stats_clips: int = Field(64, ge=2, description="clips per worker the latent shift/scale are measured on")
     schedule: Literal["cosine", "scaled_linear"] = "cosine"
     prediction: Literal["v", "eps"] = "v"
     train_timesteps: int = Field(1000, ge=2)
@@ -108,6 +127,8 @@ class DiffusionConfig(Section):
     beta_end: float = Field(0.012, gt=0.0, lt=1.0, description="scaled_linear: last beta")
     cosine_offset: float = Field(0.008, gt=0.0, description="cosine: small offset s (Nichol & Dhariwal)")
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    timestep_shift: float = Field(1.0, ge=1.0, description="training timesteps u -> s·u/(1+(s-1)·u): s > 1 trains "
+                                  "more at high noise (1 = uniform)")
     sample_steps: int = Field(30, ge=1)
     guidance: float = Field(5.0, ge=1.0)
     emergency: EmergencyPathConfig = Field(default_factory=EmergencyPathConfig)
@@ -155,6 +176,8 @@ class PhaseConfig(Section):
     fps: float = Field(8.0, gt=0)
     steps: int | None = Field(None, ge=1, description="optimizer steps (exit rule 'steps')")
     epochs: int | None = Field(None, ge=1, description="passes over the phase data")
+    minutes: float | None = Field(None, gt=0, description="wall-clock cap on the phase's training; the LR "
+                                  "schedule then runs on whichever of steps and time is further along")
     lr: float = Field(1e-4, gt=0)
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine floor, fraction of lr")
     batch_size: int = Field(2, ge=1, description="per worker")
@@ -183,6 +206,9 @@ class PhaseConfig(Section):
 class CurriculumConfig(Section):
     phases: list[PhaseConfig] = Field(min_length=1)
     eval_every_steps: int = Field(10, ge=1, description="plateau checks and validation cadence")
+    keep_optimizer: bool = Field(
+        True, description="a phase that trains the same component as the phase before starts from that "
+        "phase's optimizer state (AdamW moments) instead of a fresh one; see README 'Model quality'")
 
 
 # --------------------------------------------------------------------------- training
@@ -236,8 +262,10 @@ class EvalConfig(Section):
     steps: int = Field(20, ge=1)
     i3d_weights: str | None = Field(None, description="local I3D weights -> real FVD")
     gates: dict[str, float] = Field(
-        default_factory=lambda: {"psnr_min": 12.0, "temporal_coherence_min": 0.5},
-        description="release gates: '<metric>_min' / '<metric>_max' thresholds",
+        default_factory=lambda: {"psnr_min": 12.0, "temporal_coherence_min": 0.5,
+                                 "alignment_colour_min": 0.8, "alignment_direction_min": 0.6},
+        description="release gates: '<metric>_min' / '<metric>_max' thresholds; the alignment ones fail a "
+                    "model that learned nothing (chance: colour 1/7, direction 1/4)",
     )
     levels: list[int] = Field(default_factory=lambda: [1, 2], description="synthetic prompt levels judged")
     languages: list[str] | None = Field(None, description="prompt languages; None = every caption language")

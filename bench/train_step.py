@@ -336,7 +336,7 @@ def denoiser_mfu(preset: str, peak_tflops: float, steps: int, warmup: int) -> di
 
         schedule = NoiseSchedule(cfg.diffusion)
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            latents = encode_latents(module._model, video)
+            latents = encode_latents(module._model.vae, video, cfg.diffusion.latents)
             text, mask = module.text.encode(captions, device)
         t = schedule.sample_timesteps(latents.shape[0], device=device)
         noise = decomposed_noise(latents.shape, cfg.diffusion.noise_lambda, device=device)

@@ -34,7 +34,7 @@ def _config(*overrides: str):
 def model() -> VideoModel:
     torch.manual_seed(0)
     model = build_model(_config().model).eval()
-    # The denoiser's output layer starts at zero; random weights make its output depend on x and text.
+    # The denoiser's output layer starts small; larger weights make its output depend clearly on x and text.
     torch.manual_seed(1)
     for p in model.denoiser.final_proj.parameters():
         torch.nn.init.normal_(p, std=0.2)

@@ -104,8 +104,12 @@ def test_evaluate_writes_both_reports(tmp_path, run_dir, shards):
     assert 0 < metrics["psnr"] < report["settings"]["psnr_cap"] and metrics["fd_randproj3d"] > 0
     assert set(report["per_language"]) == {"en", "hi"} and set(report["per_level"]) == {"1", "2"}
     assert len(report["samples"]) == 4 and {s["language"] for s in report["samples"]} == {"en", "hi"}
-    assert report["gates"]["thresholds"] == {"psnr_min": 8.0, "temporal_coherence_min": 0.3}
+    assert report["gates"]["thresholds"] == {"psnr_min": 8.0, "temporal_coherence_min": 0.3,
+                                             "alignment_colour_min": 0.5, "alignment_direction_min": 0.5}
     assert report["gates"]["passed"] == passes_gates(report, report["gates"]["thresholds"])[0]
+    # an untrained model follows no prompt: its release fails on alignment, whatever its PSNR
+    assert not report["gates"]["passed"]
+    assert any(r.startswith("alignment_colour_min") for r in report["gates"]["reasons"])
 
     # loss curves from the run the registry entry was published from, per phase
     phases = report["run"]["phases"]

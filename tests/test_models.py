@@ -45,7 +45,7 @@ def model(cfg) -> VideoModel:
 
 
 def _randomise_output(denoiser: HybridBackbone) -> None:
-    """The output layer is zero-initialised; give it weights so outputs depend on the input."""
+    """The output layer starts small; give it larger weights so outputs depend clearly on the input."""
     torch.manual_seed(1)
     for p in denoiser.final_proj.parameters():
         torch.nn.init.normal_(p, std=0.2)
@@ -236,7 +236,8 @@ def test_denoiser_shapes_for_odd_sizes_and_one_frame(model, shape):
     with torch.no_grad():
         out = denoiser(torch.randn(shape), torch.rand(shape[0]) * 1000, text, mask)
     assert out.shape == shape
-    assert torch.equal(out, torch.zeros(shape))  # zero-initialised output layer
+    # a small output layer, not a zero one: every block gets a gradient from the first step
+    assert 0 < out.abs().max() < 2.0
 
 
 def test_denoiser_with_temporal_patches(cfg):

@@ -26,8 +26,9 @@ from aiprod.registry import (
 ROOT = Path(__file__).resolve().parents[1]
 V = "pib-videogen-standard-v{}-general"
 GATES = {"psnr_min": 12.0, "temporal_coherence_min": 0.5}
-GOOD = {"metrics": {"psnr": 20.0, "temporal_coherence": 0.93}}
-BAD = {"metrics": {"psnr": 9.5, "temporal_coherence": 0.95}}
+ALIGNED = {"alignment_colour": 0.95, "alignment_direction": 0.9}  # clears every preset's alignment gates
+GOOD = {"metrics": {"psnr": 20.0, "temporal_coherence": 0.93, **ALIGNED}}
+BAD = {"metrics": {"psnr": 9.5, "temporal_coherence": 0.95, **ALIGNED}}
 
 
 @pytest.fixture(scope="module")

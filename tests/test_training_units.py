@@ -144,7 +144,11 @@ def test_vae_loss_parts_and_fallback_said_once(tiny_config, caplog, tmp_path):
         losses.VAELoss(tiny_config.model.vae)
     assert sum("fallback" in r.message for r in caplog.records) == 1
     total, parts = loss_fn(vae, video, torch.Generator().manual_seed(0))
-    assert set(parts) == {"l1", "kl", "temporal", "perceptual"}
+    assert set(parts) == {"l1", "mse", "kl", "temporal", "perceptual"}
+    expected = (parts["mse"] + tiny_config.model.vae.kl_weight * parts["kl"]  # recon_loss: mse (the default)
+                + tiny_config.model.vae.temporal_weight * parts["temporal"]
+                + tiny_config.model.vae.perceptual_weight * parts["perceptual"])
+    assert math.isclose(total.item(), expected, rel_tol=1e-4)
     assert all(math.isfinite(v) for v in parts.values()) and parts["perceptual"] > 0
     total.backward()
     assert all(p.grad is not None for p in vae.parameters() if p.requires_grad)

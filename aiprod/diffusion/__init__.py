@@ -3,7 +3,8 @@
 `pipeline` is not imported here so that `import aiprod.diffusion` stays light.
 """
 
-from aiprod.diffusion.loss import diffusion_loss, drop_captions, encode_latents
+from aiprod.diffusion.latents import decode_latents, encode_latents
+from aiprod.diffusion.loss import diffusion_loss, drop_captions
 from aiprod.diffusion.noise import decomposed_noise
 from aiprod.diffusion.sampler import TextCondition, ddim_sample, emergency_sample, sample
 from aiprod.diffusion.schedule import NoiseSchedule
@@ -12,6 +13,7 @@ __all__ = [
     "NoiseSchedule",
     "TextCondition",
     "ddim_sample",
+    "decode_latents",
     "decomposed_noise",
     "diffusion_loss",
     "drop_captions",

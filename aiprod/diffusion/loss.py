@@ -1,6 +1,6 @@
 """The denoiser's training objective, shared by the training loop and tune.
 
-Frozen VAE encode -> scaled latents -> decomposed noise at a uniform timestep -> MSE between the
+Frozen VAE encode -> normalised latents (aiprod.diffusion.latents) -> decomposed noise at a uniform timestep -> MSE between the
 denoiser's output and the schedule's target (v or eps). Captions are dropped with probability
 `diffusion.caption_dropout` so the unconditional branch that CFG needs is learnt too.
 """
@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from aiprod.config import DiffusionConfig
-from aiprod.diffusion.noise import decomposed_noise, randn
+from aiprod.diffusion.latents import encode_latents
+from aiprod.diffusion.noise import decomposed_noise
 from aiprod.diffusion.schedule import NoiseSchedule
 
 if TYPE_CHECKING:
@@ -27,14 +28,6 @@ def drop_captions(captions: list[str], p: float, generator: torch.Generator | No
     device = generator.device if generator is not None else None
     drop = torch.rand(len(captions), generator=generator, device=device)
     return ["" if d else c for c, d in zip(captions, (drop < p).tolist())]
-
-
-@torch.no_grad()
-def encode_latents(model: VideoModel, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Frozen VAE: a posterior sample of video [B,3,T,H,W] in [-1,1], times the scaling factor."""
-    posterior = model.vae.encode(video)
-    eps = randn(posterior.mean.shape, generator, posterior.mean.device, posterior.mean.dtype)
-    return (posterior.mean + posterior.std * eps) * model.vae.scaling_factor
 
 
 def diffusion_loss(
@@ -54,7 +47,7 @@ def diffusion_loss(
         raise ValueError(f"diffusion_loss: video must be [B, 3, T, H, W] in [-1, 1], got {tuple(video.shape)}")
     if len(captions) != video.shape[0]:
         raise ValueError(f"diffusion_loss: {len(captions)} captions for a batch of {video.shape[0]} videos")
-    latents = encode_latents(model, video, generator)
+    latents = encode_latents(model.vae, video, cfg.latents, generator)
     batch, device = latents.shape[0], latents.device
     text, mask = model.text.encode(drop_captions(captions, cfg.caption_dropout, generator), device)
     if noise is None:

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from aiprod import storage
 from aiprod.config import Config, validate
+from aiprod.diffusion.latents import STAT_KEYS, decode_latents, missing_stats_message
 from aiprod.diffusion.sampler import TextCondition, emergency_sample, sample
 from aiprod.diffusion.schedule import NoiseSchedule
 from aiprod.manifest import MANIFEST, verify_manifest, write_manifest
@@ -84,6 +85,8 @@ class VideoPipeline:
         blob = storage.read_bytes(storage.join(uri, WEIGHTS))
         state = load_safetensors(blob)
         version = _safetensors_metadata(blob).get("version", DEFAULT_VERSION)
+        if not set(STAT_KEYS) <= set(state):
+            raise CheckpointError(f"checkpoint {uri}: " + missing_stats_message(WEIGHTS))
         with torch.device("meta"):
             model = build_model(cfg.model)
         try:
@@ -202,7 +205,7 @@ class VideoPipeline:
                 self.model.denoiser, self.schedule, shape, cond, uncond, diffusion, generator,
                 steps=steps, guidance=guidance, device=self.device,
             )
-            video = self.model.vae.decode(latents.float() / self.model.vae.scaling_factor, size=(height, width))
+            video = decode_latents(self.model.vae, latents, size=(height, width))
         return to_uint8_frames(video[0])
 
     @staticmethod

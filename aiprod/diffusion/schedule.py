@@ -35,6 +35,7 @@ class NoiseSchedule:
         self.cfg = cfg
         self.train_timesteps = cfg.train_timesteps
         self.prediction = cfg.prediction
+        self.timestep_shift = cfg.timestep_shift
         if cfg.schedule == "cosine":
             self.betas = cosine_betas(cfg.train_timesteps, cfg.cosine_offset)
         elif cfg.schedule == "scaled_linear":
@@ -95,9 +96,16 @@ class NoiseSchedule:
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        """Uniform training timesteps [batch] (long), drawn on the generator's device."""
+        """Training timesteps [batch] (long), drawn on the generator's device: uniform, or with
+        `diffusion.timestep_shift` s > 1 the fraction u ~ U(0, 1) moved to s·u / (1 + (s-1)·u) (SD3's
+        shift), so that more steps train at high noise, where only the caption says where things go."""
         draw_device = generator.device if generator is not None else device
-        t = torch.randint(0, self.train_timesteps, (batch,), generator=generator, device=draw_device)
+        if self.timestep_shift == 1.0:
+            t = torch.randint(0, self.train_timesteps, (batch,), generator=generator, device=draw_device)
+            return t.to(device)
+        u = torch.rand(batch, generator=generator, device=draw_device)
+        u = self.timestep_shift * u / (1 + (self.timestep_shift - 1) * u)
+        t = (u * self.train_timesteps).long().clamp(max=self.train_timesteps - 1)
         return t.to(device)
 
     # ------------------------------------------------------------------------- sampling

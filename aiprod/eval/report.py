@@ -42,7 +42,7 @@ from aiprod.eval import judge as judging
 from aiprod.eval import metrics as m
 from aiprod.eval.gates import passes_gates
 
-__all__ = ["EvalCase", "evaluate", "passes_gates", "write_reports"]
+__all__ = ["EvalCase", "evaluate", "generate_and_judge", "passes_gates", "write_reports"]
 
 FORMAT = "aiprod-eval/1"
 METRICS_LOG = "metrics.jsonl"
@@ -98,12 +98,30 @@ def eval_languages(cfg: Config) -> list[str]:
     return languages
 
 
+SEARCH_SEEDS = 64  # scene seeds tried for the wanted motion direction before any is taken
+
+
 def build_cases(cfg: Config, spec: ClipSpec) -> list[EvalCase]:
-    levels = cfg.eval.levels
+    """`eval.num_samples` scenes, levels in turn and, within a level, motion directions in turn (the
+    first unused seed from `eval.prompt_seed` whose scene moves that way), so that a model which
+    always draws one direction scores the chance level of 1/4, not the share of a lucky draw."""
+    levels, used = cfg.eval.levels, set()
     cases = []
     for i in range(cfg.eval.num_samples):
-        level, seed = levels[i % len(levels)], cfg.eval.prompt_seed + i
-        reference, meta = make_clip(level, seed, spec.frames, spec.height, spec.width, spec.fps, "en")
+        level = levels[i % len(levels)]
+        wanted = judging.DIRECTIONS[(i // len(levels)) % len(judging.DIRECTIONS)]
+        seed = cfg.eval.prompt_seed
+        for _ in range(SEARCH_SEEDS):
+            while seed in used:
+                seed += 1
+            reference, meta = make_clip(level, seed, spec.frames, spec.height, spec.width, spec.fps, "en")
+            if meta["motion_direction"] == wanted:
+                break
+            seed += 1
+        else:  # a level whose scenes rarely move one way: take the next scene as it is
+            seed = min(s for s in range(cfg.eval.prompt_seed, seed + 1) if s not in used)
+            reference, meta = make_clip(level, seed, spec.frames, spec.height, spec.width, spec.fps, "en")
+        used.add(seed)
         cases.append(EvalCase(i, level, seed, reference, meta))
     return cases
 
@@ -219,11 +237,10 @@ def _group_stats(samples: list[dict[str, Any]]) -> dict[str, Any]:
             **{f"alignment_{a}": v for a, v in align["per_attribute"].items()}}
 
 
-def evaluate_model(pipe, cfg: Config, cases: list[EvalCase], spec: ClipSpec, languages: list[str],
-                   reference_clips: list[np.ndarray], reference_features: np.ndarray,
-                   extractor: m.FeatureExtractor, label: str) -> ModelResult:
-    """Generate every (scene, language, seed) with `pipe` and measure it; the reference clips are
-    reconstructed by the model's VAE, their features are the Fréchet distance's reference set."""
+def generate_and_judge(pipe, cfg: Config, cases: list[EvalCase], spec: ClipSpec, languages: list[str],
+                       label: str) -> tuple[list[dict[str, Any]], dict[tuple[int, str, int], np.ndarray]]:
+    """Generate every (scene, language, seed) with `pipe`; per video its judgement, scores and
+    pixel agreement with the scene's reference. Returns (samples, videos by (scene, language, seed))."""
     from tqdm import tqdm
 
     e = cfg.eval
@@ -231,7 +248,6 @@ def evaluate_model(pipe, cfg: Config, cases: list[EvalCase], spec: ClipSpec, lan
     total = len(cases) * len(languages) * len(seeds)
     videos: dict[tuple[int, str, int], np.ndarray] = {}
     samples = []
-    started = time.monotonic()
     with tqdm(total=total, desc=f"generating ({label})", unit="video", dynamic_ncols=True) as bar:
         for case in cases:
             for language in languages:
@@ -253,6 +269,18 @@ def evaluate_model(pipe, cfg: Config, cases: list[EvalCase], spec: ClipSpec, lan
                     })
                     videos[(case.index, language, seed)] = video
                     bar.update(1)
+    return samples, videos
+
+
+def evaluate_model(pipe, cfg: Config, cases: list[EvalCase], spec: ClipSpec, languages: list[str],
+                   reference_clips: list[np.ndarray], reference_features: np.ndarray,
+                   extractor: m.FeatureExtractor, label: str) -> ModelResult:
+    """Generate every (scene, language, seed) with `pipe` and measure it; the reference clips are
+    reconstructed by the model's VAE, their features are the Fréchet distance's reference set."""
+    e = cfg.eval
+    total = len(cases) * len(languages) * len(e.seeds)
+    started = time.monotonic()
+    samples, videos = generate_and_judge(pipe, cfg, cases, spec, languages, label)
     generate_s = time.monotonic() - started
 
     vae = m.vae_reconstruction(pipe.model.vae, reference_clips, e.psnr_cap, pipe.device)

@@ -1,8 +1,10 @@
 """HybridBackbone: the latent-video denoiser.
 
-Latent video [B, C, t, h, w] -> patches -> tokens with 3D RoPE over (t, h, w) -> transformer blocks
-(self-attention, cross-attention to text, MLP; timestep by adaLN-single as in PixArt-alpha)
-interleaved with 3D residual convolution blocks that work on the token grid -> zero-initialised
+Latent video [B, C, t, h, w] -> patches -> tokens (+ a fixed sin-cos embedding of their absolute
+(t, h, w) place) with 3D RoPE over (t, h, w) -> transformer blocks
+(self-attention, cross-attention to text, MLP; timestep and the caption's pooled feature by
+adaLN-single as in PixArt-alpha)
+interleaved with 3D residual convolution blocks that work on the token grid -> a small-initialised
 output layer -> unpatchify -> [B, C, t, h, w].
 
 `cross_frame=True` (Text2Video-Zero): self-attention keys/values come from the first frame's
@@ -19,9 +21,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from aiprod.config import DenoiserConfig
-from aiprod.models.layers import MLP, Attention, modulate, num_groups, rope_3d, timestep_embedding
+from aiprod.models.layers import (
+    MLP, Attention, grid_position_embedding, modulate, num_groups, rope_3d, timestep_embedding,
+)
 
 MODULATIONS = 6  # shift/scale/gate for self-attention and for the MLP
+FINAL_INIT_STD = 0.02
 
 
 class TransformerBlock(nn.Module):
@@ -119,6 +124,9 @@ class HybridBackbone(nn.Module):
         self.text_proj = nn.Sequential(
             nn.Linear(text_dim, width), nn.GELU(approximate="tanh"), nn.Linear(width, width)
         )
+        # The caption's mean feature joins the timestep in every block's modulation: a clip-wide
+        # property (a direction of motion, a colour) then reaches every token in one step.
+        self.pooled_text = nn.Linear(text_dim, width) if cfg.pooled_text else None
         order = interleave(cfg.transformer_blocks, cfg.cnn_blocks)
         self.layout = [(kind, order[:i].count(kind)) for i, kind in enumerate(order)]  # (kind, index)
         self.transformer_blocks = nn.ModuleList(
@@ -131,7 +139,9 @@ class HybridBackbone(nn.Module):
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Parameter(torch.randn(2, width) / math.sqrt(width))
         self.final_proj = nn.Linear(width, patch_dim)
-        nn.init.zeros_(self.final_proj.weight)  # the untrained model predicts zero
+        # Small, not zero (as DiT has it): behind a zero output layer no block and not the text
+        # encoder gets a gradient at the first step.
+        nn.init.normal_(self.final_proj.weight, std=FINAL_INIT_STD)
         nn.init.zeros_(self.final_proj.bias)
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
@@ -166,11 +176,17 @@ class HybridBackbone(nn.Module):
         tokens = x.reshape(B, C, gt, pt, gh, ph, gw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
         tokens = tokens.reshape(B, gt * gh * gw, -1)
         h = self.patch_embed(tokens)
+        if self.cfg.position_embedding == "sincos":
+            h = h + grid_position_embedding((gt, gh, gw), h.shape[-1], x.device).to(h.dtype)
 
         t_emb = self.time_embed(timestep_embedding(timesteps, self.cfg.timestep_freq_dim).to(h.dtype))
+        keys = text_mask.bool()
+        if self.pooled_text is not None:
+            weights = keys.to(h.dtype)[..., None]
+            pooled = (text.to(h.dtype) * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            t_emb = t_emb + self.pooled_text(pooled)
         t_mod = self.time_modulation(t_emb).view(B, MODULATIONS, -1)
         context = self.text_proj(text.to(h.dtype))
-        keys = text_mask.bool()
         keys = keys | ~keys.any(dim=1, keepdim=True)  # a row without tokens attends to all (no NaN)
         text_attn_mask = keys[:, None, None, :]
         rope = rope_3d((gt, gh, gw), self.head_dim, self.cfg.rope_theta, device=x.device)

@@ -51,12 +51,14 @@ class DiagonalGaussian:
 class CausalConv3d(nn.Module):
     """Conv3d padded on the left in time (by repeating the first frame), symmetrically in space."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: tuple[int, int, int] = (1, 1, 1)):
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: tuple[int, int, int] = (1, 1, 1),
+                 kernel_t: int | None = None):
         super().__init__()
-        self.kernel_t, self.stride_t = kernel, stride[0]
-        if self.stride_t > kernel:
-            raise ValueError(f"temporal stride {self.stride_t} > kernel {kernel} would skip frames")
-        self.conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=(0, kernel // 2, kernel // 2))
+        self.kernel_t, self.stride_t = kernel if kernel_t is None else kernel_t, stride[0]
+        if self.stride_t > self.kernel_t:
+            raise ValueError(f"temporal stride {self.stride_t} > kernel {self.kernel_t} would skip frames")
+        self.conv = nn.Conv3d(cin, cout, (self.kernel_t, kernel, kernel), stride=stride,
+                              padding=(0, kernel // 2, kernel // 2))
 
     def forward(self, x: torch.Tensor, cache: StreamCache) -> torch.Tensor:
         previous = cache.get(self)
@@ -81,12 +83,12 @@ class FrameGroupNorm(nn.GroupNorm):
 
 
 class ResBlock3d(nn.Module):
-    def __init__(self, cin: int, cout: int, max_groups: int):
+    def __init__(self, cin: int, cout: int, max_groups: int, kernel_t: int = 3):
         super().__init__()
         self.norm1 = FrameGroupNorm(num_groups(cin, max_groups), cin, eps=1e-6)
-        self.conv1 = CausalConv3d(cin, cout)
+        self.conv1 = CausalConv3d(cin, cout, kernel_t=kernel_t)
         self.norm2 = FrameGroupNorm(num_groups(cout, max_groups), cout, eps=1e-6)
-        self.conv2 = CausalConv3d(cout, cout)
+        self.conv2 = CausalConv3d(cout, cout, kernel_t=kernel_t)
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, cache: StreamCache) -> torch.Tensor:
@@ -127,9 +129,10 @@ class CausalTemporalAttention(nn.Module):
 class Downsample(nn.Module):
     """2x spatial (ceil for odd sizes) and, if `temporal`, 2x temporal keeping the first frame alone."""
 
-    def __init__(self, channels: int, temporal: bool):
+    def __init__(self, channels: int, temporal: bool, kernel_t: int = 3):
         super().__init__()
-        self.conv = CausalConv3d(channels, channels, stride=(2 if temporal else 1, 2, 2))
+        self.conv = CausalConv3d(channels, channels, stride=(2 if temporal else 1, 2, 2),
+                                 kernel_t=max(kernel_t, 2) if temporal else kernel_t)
 
     def forward(self, x: torch.Tensor, cache: StreamCache) -> torch.Tensor:
         return self.conv(x, cache)
@@ -140,10 +143,10 @@ class Upsample(nn.Module):
     (a causal conv makes two frames' worth of channels per frame); the clip's very first frame
     yields one frame, so 1 + k frames become 1 + 2k."""
 
-    def __init__(self, channels: int, temporal: bool):
+    def __init__(self, channels: int, temporal: bool, kernel_t: int = 3):
         super().__init__()
         self.time_conv = CausalConv3d(channels, 2 * channels) if temporal else None
-        self.conv = CausalConv3d(channels, channels)
+        self.conv = CausalConv3d(channels, channels, kernel_t=kernel_t)
 
     def forward(self, x: torch.Tensor, cache: StreamCache) -> torch.Tensor:
         if self.time_conv is not None:
@@ -158,14 +161,17 @@ class Upsample(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, channels: int, heads: int, max_groups: int):
+    def __init__(self, channels: int, heads: int, max_groups: int, kernel_t: int = 3, attention: bool = True):
         super().__init__()
-        self.res1 = ResBlock3d(channels, channels, max_groups)
-        self.attn = CausalTemporalAttention(channels, heads, max_groups)
-        self.res2 = ResBlock3d(channels, channels, max_groups)
+        self.res1 = ResBlock3d(channels, channels, max_groups, kernel_t)
+        self.attn = CausalTemporalAttention(channels, heads, max_groups) if attention else None
+        self.res2 = ResBlock3d(channels, channels, max_groups, kernel_t)
 
     def forward(self, x: torch.Tensor, cache: StreamCache) -> torch.Tensor:
-        return self.res2(self.attn(self.res1(x, cache), cache), cache)
+        x = self.res1(x, cache)
+        if self.attn is not None:
+            x = self.attn(x, cache)
+        return self.res2(x, cache)
 
 
 class Level(nn.Module):
@@ -208,17 +214,20 @@ class Encoder(nn.Module):
         super().__init__()
         spatial, temporal = _levels(cfg)
         chs = [cfg.base_channels * m for m in cfg.channel_mults]
-        g = cfg.norm_groups
-        self.conv_in = CausalConv3d(cfg.in_channels, chs[0])
+        g, kt = cfg.norm_groups, cfg.temporal_kernel
+        self.conv_in = CausalConv3d(cfg.in_channels, chs[0], kernel_t=kt)
         levels, cin = [], chs[0]
         for i, ch in enumerate(chs):
-            blocks = [ResBlock3d(cin if j == 0 else ch, ch, g) for j in range(cfg.num_res_blocks)]
-            levels.append(Level(blocks, Downsample(ch, temporal=i < temporal) if i < spatial else None))
+            blocks = [ResBlock3d(cin if j == 0 else ch, ch, g, kt) for j in range(cfg.num_res_blocks)]
+            levels.append(Level(blocks, Downsample(ch, i < temporal, kt) if i < spatial else None))
             cin = ch
         self.levels = nn.ModuleList(levels)
-        self.mid = Bottleneck(chs[-1], cfg.attention_heads, g)
+        self.mid = Bottleneck(chs[-1], cfg.attention_heads, g, kt, cfg.temporal_attention)
         self.norm_out = FrameGroupNorm(num_groups(chs[-1], g), chs[-1], eps=1e-6)
-        self.conv_out = CausalConv3d(chs[-1], 2 * cfg.latent_channels)
+        self.conv_out = CausalConv3d(chs[-1], 2 * cfg.latent_channels, kernel_t=kt)
+        # Start with a narrow posterior (std = exp(logvar_init / 2)): at logvar 0 the decoder sees
+        # mostly sampling noise and learns to reconstruct far more slowly.
+        nn.init.constant_(self.conv_out.conv.bias[cfg.latent_channels:], cfg.logvar_init)
 
     def forward(self, x: torch.Tensor, cache: StreamCache) -> torch.Tensor:
         h = self.conv_in(x, cache)
@@ -233,18 +242,18 @@ class Decoder(nn.Module):
         super().__init__()
         spatial, temporal = _levels(cfg)
         chs = [cfg.base_channels * m for m in cfg.channel_mults]
-        g = cfg.norm_groups
+        g, kt = cfg.norm_groups, cfg.temporal_kernel
         n_blocks = cfg.decoder_res_blocks or cfg.num_res_blocks + 1
-        self.conv_in = CausalConv3d(cfg.latent_channels, chs[-1])
-        self.mid = Bottleneck(chs[-1], cfg.attention_heads, g)
+        self.conv_in = CausalConv3d(cfg.latent_channels, chs[-1], kernel_t=kt)
+        self.mid = Bottleneck(chs[-1], cfg.attention_heads, g, kt, cfg.temporal_attention)
         levels, cin = [], chs[-1]
         for i in reversed(range(len(chs))):  # level i undoes the encoder's downsampling at level i-1
-            blocks = [ResBlock3d(cin if j == 0 else chs[i], chs[i], g) for j in range(n_blocks)]
-            levels.append(Level(blocks, Upsample(chs[i], temporal=i - 1 < temporal) if i > 0 else None))
+            blocks = [ResBlock3d(cin if j == 0 else chs[i], chs[i], g, kt) for j in range(n_blocks)]
+            levels.append(Level(blocks, Upsample(chs[i], i - 1 < temporal, kt) if i > 0 else None))
             cin = chs[i]
         self.levels = nn.ModuleList(levels)
         self.norm_out = FrameGroupNorm(num_groups(chs[0], g), chs[0], eps=1e-6)
-        self.conv_out = CausalConv3d(chs[0], cfg.in_channels)
+        self.conv_out = CausalConv3d(chs[0], cfg.in_channels, kernel_t=kt)
 
     def forward(self, z: torch.Tensor, cache: StreamCache) -> torch.Tensor:
         h = self.mid(self.conv_in(z, cache), cache)
@@ -255,7 +264,11 @@ class Decoder(nn.Module):
 
 class VideoVAE(nn.Module):
     """encode(x [B,3,T,H,W] in [-1,1]) -> DiagonalGaussian over [B,C,1+(T-1)/tc,ceil(H/s),ceil(W/s)];
-    decode(z) -> [B,3,T,h*s,w*s]. Feed the denoiser `z * scaling_factor`."""
+    decode(z) -> [B,3,T,h*s,w*s].
+
+    The denoiser works in normalised latents `(z - latent_shift) * latent_scale` (per channel),
+    whose statistics are measured on data once the VAE is trained (aiprod.diffusion.latents) and
+    saved with the weights as buffers; `latent_calibrated` says whether that has happened."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -263,10 +276,41 @@ class VideoVAE(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+        self.register_buffer("latent_shift", torch.zeros(cfg.latent_channels))
+        self.register_buffer("latent_scale", torch.ones(cfg.latent_channels))
+        self.register_buffer("latent_calibrated", torch.zeros(()))
 
     @property
-    def scaling_factor(self) -> float:
-        return self.cfg.scaling_factor
+    def calibrated(self) -> bool:
+        return bool(self.latent_calibrated.item())
+
+    @torch.no_grad()
+    def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel mean and std of the latents the denoiser will see (before normalising)."""
+        if mean.shape != self.latent_shift.shape or std.shape != self.latent_scale.shape:
+            raise ValueError(f"latent stats must be [{self.cfg.latent_channels}] per channel, "
+                             f"got mean {tuple(mean.shape)} and std {tuple(std.shape)}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+            raise ValueError(f"latent stats must be finite with std > 0, got mean {mean.tolist()} std {std.tolist()}")
+        self.latent_shift.copy_(mean)
+        self.latent_scale.copy_(1.0 / std)
+        self.latent_calibrated.fill_(1.0)
+
+    @torch.no_grad()
+    def reset_latent_stats(self) -> None:
+        """The VAE is about to change: its measured latent statistics no longer hold."""
+        self.latent_shift.zero_()
+        self.latent_scale.fill_(1.0)
+        self.latent_calibrated.zero_()
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """VAE latents [B,C,t,h,w] -> what the denoiser sees (about zero mean, unit std per channel)."""
+        view = (1, -1, 1, 1, 1)
+        return (z - self.latent_shift.view(view).to(z.dtype)) * self.latent_scale.view(view).to(z.dtype)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        view = (1, -1, 1, 1, 1)
+        return z / self.latent_scale.view(view).to(z.dtype) + self.latent_shift.view(view).to(z.dtype)
 
     @property
     def temporal_compression(self) -> int:

@@ -39,6 +39,7 @@ log = logging.getLogger("aiprod.training")
 
 PREFIX = "checkpoint-"
 DS_DIR, DS_TAG = "deepspeed", "state"
+DS_MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's own name for rank 0's module file
 MODEL_FILE, STATE_FILE, CONFIG_FILE, RNG_DIR = "model.safetensors", "state.json", "config.yaml", "rng"
 PROBE_DIR = "probe"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -239,10 +240,16 @@ def local_copy(uri: str) -> Iterator[Path]:
         yield storage.download_dir(uri, tmp)
 
 
-def load_engine_state(engine: Any, local_dir: Path) -> None:
-    """Restore DeepSpeed model, optimizer and LR-scheduler state (collective)."""
+def has_engine_state(checkpoint_uri: str) -> bool:
+    """Whether a checkpoint holds DeepSpeed state (those written between phases may not)."""
+    return storage.exists(storage.join(checkpoint_uri, DS_DIR, DS_TAG, DS_MODEL_STATES))
+
+
+def load_engine_state(engine: Any, local_dir: Path, lr_scheduler: bool = True) -> None:
+    """Restore DeepSpeed model, optimizer and (unless a new phase brings its own) LR-scheduler state
+    (collective)."""
     path, _ = engine.load_checkpoint(str(local_dir / DS_DIR), tag=DS_TAG, load_optimizer_states=True,
-                                     load_lr_scheduler_states=True)
+                                     load_lr_scheduler_states=lr_scheduler)
     if path is None:
         raise RuntimeError(f"checkpoint: DeepSpeed could not load {local_dir / DS_DIR / DS_TAG}")
 

@@ -77,13 +77,14 @@ class LRSchedule:
     warmup_steps: int
     min_lr_ratio: float
     scale: float = 1.0
+    time_fraction: float = 0.0  # a phase with a `minutes` cap: how much of it has passed
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             factor = (step + 1) / (self.warmup_steps + 1)
         else:
             span = max(1, self.total_steps - self.warmup_steps)
-            progress = min(1.0, (step - self.warmup_steps) / span)
+            progress = min(1.0, max((step - self.warmup_steps) / span, self.time_fraction))
             cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
             factor = self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine
         return factor * self.scale

@@ -49,21 +49,26 @@ class Progress:
         self.samples += samples
         self.wait_s += data_wait_s
 
-    def stats(self, step: int) -> dict[str, float | None]:
+    def stats(self, step: int, time_fraction: float = 0.0) -> dict[str, float | None]:
+        """`time_fraction`: how far a phase with a wall-clock cap is through it (0 without one)."""
         elapsed = max(1e-9, time.monotonic() - self.started)
         done = step - self.start_step
         eta = None
         if self.total_steps is not None and done > 0:
             eta = (self.total_steps - step) * elapsed / done
+        if time_fraction > 0:
+            by_time = elapsed * (1.0 - time_fraction) / time_fraction
+            eta = by_time if eta is None else min(eta, by_time)
         return {"samples_per_s": self.samples / elapsed, "data_wait_share": min(1.0, self.wait_s / elapsed),
                 "eta_s": eta}
 
     def due(self) -> bool:
         return time.monotonic() - self.last_print >= self.every_s
 
-    def line(self, phase_index: int, phase_name: str, step: int, loss: float, lr: float) -> str:
+    def line(self, phase_index: int, phase_name: str, step: int, loss: float, lr: float,
+             time_fraction: float = 0.0) -> str:
         self.last_print = time.monotonic()
-        s = self.stats(step)
+        s = self.stats(step, time_fraction)
         total = "?" if self.total_steps is None else str(self.total_steps)
         return (f"[phase {phase_index} {phase_name}] step {step}/{total} loss {loss:.4f} lr {lr:.3g} "
                 f"{s['samples_per_s']:.2f} samples/s data-wait {100 * s['data_wait_share']:.0f}% "

@@ -155,6 +155,7 @@ class Worker:
         self.model: nn.Module
         self.cur: Curriculum
         self.resume_uri: str | None = None
+        self.carry_uri: str | None = None  # the phase-end checkpoint whose optimizer state the next phase keeps
         self.probe: dict[str, Any] | None = None  # the phase's probe batch (its first)
         self.prefetched: tuple[int, threading.Thread, dict[str, Any]] | None = None
 
@@ -166,6 +167,12 @@ class Worker:
         torch.manual_seed(self.cfg.train.seed)  # the same initial weights on every rank
         model = build_model(self.cfg.model)
         if weights is not None:
+            from aiprod.diffusion.latents import STAT_KEYS
+
+            missing = [k for k in STAT_KEYS if k not in weights]
+            if missing:  # weights from before latent statistics were stored: measure them again
+                self._say(f"weights without {', '.join(missing)}: the next denoiser phase measures them")
+                weights = {**weights, **{k: v for k, v in model.state_dict().items() if k in missing}}
             model.load_state_dict(weights, strict=True)
         model.denoiser.set_activation_checkpointing(
             self.cfg.train.activation_checkpointing or self.cfg.model.denoiser.activation_checkpointing)
@@ -192,7 +199,7 @@ class Worker:
                 self._say(f"WARNING: checkpoint {name} is corrupt or partial ({problems}); using the one before")
                 self._log({"event": "checkpoint_skipped", "name": name, "problems": problems})
         found = _broadcast(found)
-        self.resume_uri = None
+        self.resume_uri = self.carry_uri = None
         self.probe = None
         self.seed_rng()
         if found is None:
@@ -214,6 +221,8 @@ class Worker:
         mid_phase = not self.cur.finished and self.cur.progress.step > 0
         if mid_phase:
             self.resume_uri = uri  # DeepSpeed state is loaded with the phase engine
+        elif not self.cur.finished and ckpt.has_engine_state(uri):
+            self.carry_uri = uri  # a phase-end checkpoint: the next phase may keep its optimizer state
         with ckpt.local_copy(uri) as local:
             ckpt.load_rng(local, self.rank, self.generator)
             record = ckpt.load_probe(local, self.rank) if mid_phase else None
@@ -271,10 +280,34 @@ class Worker:
         if prefetched is None or prefetched[0] != phase_index:
             return self.batches(phase_index)
         _, thread, box = prefetched
-        thread.join()
+        if thread is not None:
+            thread.join()
         if "error" in box:
             raise box["error"]
-        return itertools.chain([box["first"]], box["batches"])
+        return itertools.chain([box["first"]], box["batches"]) if "first" in box else box["batches"]
+
+    def measure_latent_stats(self, phase_index: int) -> None:
+        """The latent shift/scale of the frozen VAE, measured on `diffusion.latent_stats_clips` clips per
+        rank of this phase's data (the batches are then trained on as usual) and merged over ranks."""
+        from aiprod.diffusion.latents import LatentStats, raw_latents
+
+        batches, taken = self.pass_batches(phase_index), []
+        stats = LatentStats(self.cfg.model.vae.latent_channels)
+        self.model.vae.eval()
+        with torch.no_grad():
+            while stats.count == 0 or len(taken) * taken[0]["video"].shape[0] < self.cfg.diffusion.latent_stats_clips:
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                taken.append(batch)
+                stats.add(raw_latents(self.model.vae, self._video(batch), self.cfg.diffusion.latents, self.generator))
+        stats.sums = torch.tensor(_all_reduce(stats.sums.flatten().tolist()), dtype=torch.float64).view_as(stats.sums)
+        measured = stats.apply(self.model.vae)
+        clips = _all_reduce([float(sum(b["video"].shape[0] for b in taken))])[0]
+        self.prefetched = (phase_index, None, {"batches": itertools.chain(taken, batches)})
+        self._say(f"latent statistics of the VAE measured on {int(clips)} clips ({self.cfg.diffusion.latents}s): "
+                  f"mean {measured['latent_mean']}, std {measured['latent_std']}")
+        self._log({"event": "latent_stats", "phase": phase_index, "clips": int(clips), **measured})
 
     def _video(self, batch: dict[str, Any]) -> torch.Tensor:
         return batch["video"].to(self.device, non_blocking=True)
@@ -312,6 +345,10 @@ class Worker:
         started = time.monotonic()
         prog.planned_steps = planned_steps(phase, self.steps_per_epoch.get(i))
         set_trainable(self.model, phase.component)
+        if phase.component == "vae" and prog.step == 0:
+            self.model.vae.reset_latent_stats()  # measured again once this VAE is trained
+        elif phase.component == "denoiser" and not self.model.vae.calibrated:
+            self.measure_latent_stats(i)
         module = PhaseModule(self.model, phase, self.cfg)
         self.phase_engine = build_engine(module, self.cfg.train, phase, self.world, prog.planned_steps, prog.lr_scale)
         engine = self.phase_engine.engine
@@ -319,13 +356,19 @@ class Worker:
             with ckpt.local_copy(self.resume_uri) as local:
                 ckpt.load_engine_state(engine, local)
             self.resume_uri = None
+        elif self.carry_uri is not None and self.keeps_optimizer(i):
+            with ckpt.local_copy(self.carry_uri) as local:
+                ckpt.load_engine_state(engine, local, lr_scheduler=False)  # this phase's own LR schedule
+            self._say(f"phase {i}: optimizer state carried over from phase {i - 1}")
+        self.carry_uri = None
         self.phase_engine.set_lr_scale(prog.lr_scale)
         self._say(f"phase {i} '{phase.name}' ({phase.component}): up to {prog.planned_steps} steps, "
                   f"from step {prog.step}, lr {phase.lr:g} x {prog.lr_scale:g}, {self.world} workers, "
                   f"ZeRO-{self.cfg.train.zero_stage}, {self.precision}")
         progress = Progress(self.cfg.train.progress_every_s, prog.planned_steps, prog.step)
         samples_per_micro = phase.batch_size * self.world
-        reason = self.cur.exit_reason()
+        running = 0.0  # seconds since the phase (re)started, as the ranks agree on it
+        reason = self.cur.exit_reason(running)
         step_losses: list[float] = []
         step_parts: dict[str, float] = {}
         while reason is None:
@@ -343,7 +386,7 @@ class Worker:
                 video, captions = self._video(batch), list(batch["caption"])
                 with autocast(self.precision, self.device):
                     loss, parts = engine(video, captions, self.generator)
-                value = _all_reduce([float(loss.detach())])[0] / self.world
+                value, running = (v / self.world for v in _all_reduce([float(loss.detach()), time.monotonic() - started]))
                 if self._inject_nan(self.cur.global_step + 1):
                     value = float("nan")
                 if not is_finite(value):
@@ -361,10 +404,11 @@ class Worker:
                 took_step_this_pass = True
                 mean_loss = sum(step_losses) / len(step_losses)
                 self.cur.record_step(mean_loss, samples_per_micro * len(step_losses))
+                self.phase_engine.schedule.time_fraction = self.cur.time_fraction(running)
                 self._after_step(mean_loss, {k: v / len(step_losses) for k, v in step_parts.items()}, progress)
                 step_losses.clear()
                 step_parts.clear()
-                reason = self._check_plateau() or self.cur.exit_reason()
+                reason = self._check_plateau() or self.cur.exit_reason(running)
                 if reason is None and self.cur.global_step % self.cfg.checkpoint.every_steps == 0:
                     self.save("interval")
             if reason is None:  # the pass over the data ended
@@ -374,7 +418,7 @@ class Worker:
                         f"data (levels {phase.levels}, {self.world} workers); add data or lower batch_size")
                 self.cur.end_epoch()
                 self._log({"event": "epoch_end", "phase": i, "epoch": prog.epoch})
-                reason = self.cur.exit_reason()
+                reason = self.cur.exit_reason(running)
         probe, self.probe = self.probe, None
         if probe is not None:
             prog.probe_end = self.probe_loss(module, probe)
@@ -406,7 +450,8 @@ class Worker:
                   "nan_skipped": prog.nan_skipped, "nan_rollbacks": prog.nan_rollbacks}
         self._log(record)
         if progress.due():
-            self._say(progress.line(self.cur.current, prog.name, prog.step, loss, engine.lr))
+            self._say(progress.line(self.cur.current, prog.name, prog.step, loss, engine.lr,
+                                    engine.schedule.time_fraction))
         self._maybe_kill()
 
     def _maybe_kill(self) -> None:
@@ -449,8 +494,14 @@ class Worker:
                       "probe_seed": self.cfg.train.seed + PROBE_SEED_OFFSET},
         }
 
-    def save(self, why: str, full_state: dict[str, torch.Tensor] | None = None) -> None:
-        """A checkpoint of the current state, reported through Ray Train (collective)."""
+    def keeps_optimizer(self, phase_index: int) -> bool:
+        """curriculum.keep_optimizer, for a phase that trains what the phase before it trained."""
+        phases = self.cfg.curriculum.phases
+        return (self.cfg.curriculum.keep_optimizer and phase_index > 0
+                and phases[phase_index].component == phases[phase_index - 1].component)
+
+    def save(self, why: str, full_state: dict[str, torch.Tensor] | None = None) -> str:
+        """A checkpoint of the current state, reported through Ray Train (collective); its URI."""
         import ray.train
 
         engine = self.phase_engine.engine if self.phase_engine is not None else None
@@ -474,6 +525,7 @@ class Worker:
         self._log({"event": "checkpoint", "name": name, "why": why})
         if self.logger is not None:
             self.logger.sync()
+        return storage.join(self.run_uri, name)
 
     def rollback(self) -> None:
         """Back to the last good checkpoint, keeping the NaN counters, with lr x nan_lr_factor."""
@@ -505,7 +557,8 @@ class Worker:
         prog = self.cur.finish_phase(reason, time.monotonic() - started)
         if not self.cur.finished:
             self.prefetch_first_batch(self.cur.current)
-        self.save("phase_end", full_state=full)  # every rank passes it: no second (collective) gather
+        # every rank passes the state: no second (collective) gather
+        self.carry_uri = self.save("phase_end", full_state=full)
         destroy_engine(self.phase_engine)
         self.phase_engine = None
         self.model = self.fresh_model(full)  # plain modules again, full weights on every rank

@@ -1,0 +1,236 @@
+"""Does the model learn? Train from scratch on this machine through the real curriculum, then judge.
+
+    python bench/quality.py                       # the `learn` preset, 30 minutes of training
+    python bench/quality.py --minutes 10 --out out/quality-10
+    python bench/quality.py --judge-only --out out/quality   # judge an existing run again
+
+1. Synthetic shards (levels 1-5, extra level-1 clips, a held-out split) in OUT/data.
+2. `jobs/curriculum.py --preset learn` as a user runs it (shards -> Ray Data -> Ray Train +
+   DeepSpeed), with each phase's `minutes` cap scaled so that they add up to --minutes.
+3. The judge (aiprod/eval/judge.py) on held-out level-1 prompts in every caption language, for a
+   few of the run's checkpoints (accuracy against training minutes) and for the final model, whose
+   full report (VAE PSNR on held-out clips of levels 1-5 included) goes to OUT/report.
+
+Prints a table with the chance level of each attribute beside it, writes OUT/quality.png and, last,
+one JSON line (vae_psnr, alignment_*, per-language accuracies, chance, train_minutes, checkpoint, data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aiprod import storage  # noqa: E402
+from aiprod.config import Config, load_config  # noqa: E402
+
+ATTRIBUTES = ("colour", "direction", "count")
+# Level-1 prompts: 7 palette colours, 4 directions; a count guessed among 1-4 objects.
+CHANCE = {"colour": 1 / 7, "direction": 1 / 4, "count": 1 / 4}
+GOAL = {"colour": 0.9, "direction": 0.8, "vae_psnr": 28.0, "minutes": 30.0}
+LEVEL_MIX = (1, 1, 1, 1, 2, 3, 4, 5)  # mostly level 1 (the judged prompts), every level for the VAE
+RUN_NAME = "quality"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p.add_argument("--minutes", type=float, default=30.0, help="training minutes, all phases together")
+    p.add_argument("--out", default="out/quality", help="output directory")
+    p.add_argument("--preset", default="learn")
+    p.add_argument("--clips", type=int, default=4000, help="synthetic clips to build (10%% held out)")
+    p.add_argument("--scenes", type=int, default=28, help="held-out level-1 scenes judged, each in every language")
+    p.add_argument("--curve-points", type=int, default=6, help="checkpoints judged for the accuracy curve")
+    p.add_argument("--judge-only", action="store_true", help="judge the run already in --out")
+    p.add_argument("overrides", nargs="*", help="key.path=value for the training config")
+    args = p.parse_args(argv)
+    if args.minutes <= 0:
+        p.error(f"--minutes must be > 0, got {args.minutes}")
+    return args
+
+
+def phase_minutes(cfg: Config, minutes: float) -> list[str]:
+    """Overrides that scale the phases' `minutes` caps to add up to `minutes`."""
+    capped = [(i, p.minutes) for i, p in enumerate(cfg.curriculum.phases) if p.minutes]
+    if not capped:
+        raise SystemExit(f"preset {cfg.preset}: no phase has a `minutes` cap; bench/quality.py needs one")
+    total = sum(m for _, m in capped)
+    return [f"curriculum.phases.{i}.minutes={m * minutes / total:.3f}" for i, m in capped]
+
+
+def build_data(cfg: Config, uri: str, clips: int) -> None:
+    from aiprod.data.shards import build_synthetic_shards
+
+    if storage.exists(storage.join(uri, "index.json")):
+        print(f"data: reusing {uri}", flush=True)
+        return
+    phase = cfg.curriculum.phases[-1]
+    print(f"data: {clips} synthetic clips ({phase.height}x{phase.width}, {phase.frames} frames) -> {uri}", flush=True)
+    build_synthetic_shards(uri, clips, levels=LEVEL_MIX, size=(phase.height, phase.width), frames=phase.frames,
+                           fps=phase.fps, seed=cfg.data.seed, data=cfg.data, progress=True)
+
+
+def train(args: argparse.Namespace, data: str, runs: str, overrides: list[str]) -> float:
+    """jobs/curriculum.py in a child process, as a user runs it; returns its wall seconds."""
+    command = [sys.executable, str(ROOT / "jobs" / "curriculum.py"), "--preset", args.preset, "--data", data,
+               "--storage", runs, "--run-name", RUN_NAME, "--ray-address", "local", *overrides]
+    print("train:", " ".join(command), flush=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = time.monotonic()
+    if storage.exists(storage.join(runs, RUN_NAME)):
+        storage.delete(storage.join(runs, RUN_NAME))
+    result = subprocess.run(command, env=env, cwd=ROOT)
+    if result.returncode != 0:
+        raise SystemExit(f"training failed (exit {result.returncode})")
+    return time.monotonic() - started
+
+
+def curve_checkpoints(run: str, points: int) -> list[tuple[float, str]]:
+    """(training minutes, dir) of up to `points` denoiser checkpoints spread over the run, oldest first."""
+    from aiprod.training import checkpoint as ckpt
+
+    found = []
+    for name in ckpt.list_checkpoints(run):
+        state = ckpt.read_state(storage.join(run, name))
+        if not any(p["component"] == "denoiser" and p["step"] > 0 for p in state["curriculum"]["phases"]):
+            continue  # no denoiser step yet: nothing to judge
+        found.append((state["time"], storage.join(run, name)))
+    if not found:
+        return []
+    found.sort()
+    summary = json.loads(storage.read_text(storage.join(run, "summary.json")))
+    start = found[-1][0] - sum(p["time_s"] for p in summary["phases"])
+    found = found[:-1]  # the last phase's end: the final model, judged on its own
+    step = max(1, len(found) // points)
+    picked = found[::-1][::step][::-1][-points:]
+    return [((t - start) / 60.0, uri) for t, uri in picked]
+
+
+def judge(uri: str, cfg: Config, scenes: int) -> dict:
+    """Judge accuracies on held-out level-1 prompts, overall and per language."""
+    from aiprod.diffusion.pipeline import VideoPipeline
+    from aiprod.eval import judge as judging
+    from aiprod.eval.report import build_cases, clip_spec, eval_languages, generate_and_judge, with_overrides
+
+    pipe = VideoPipeline.from_checkpoint(uri)
+    cfg = with_overrides(pipe.cfg, [f"eval.num_samples={scenes}", "eval.levels=[1]", "eval.seeds=[0]"])
+    spec = clip_spec(cfg)
+    samples, _ = generate_and_judge(pipe, cfg, build_cases(cfg, spec), spec, eval_languages(cfg), Path(uri).name)
+    return judging.alignment([(s["scores"], s["language"]) for s in samples])
+
+
+def plot(curve: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110, sharey=True)
+    languages = sorted(curve[-1]["per_language"]) if curve else []
+    for ax, attribute in zip(axes, ("colour", "direction")):
+        xs = [c["minutes"] for c in curve]
+        for language in languages:
+            ax.plot(xs, [c["per_language"][language][attribute] for c in curve], marker="o", label=language)
+        ax.axhline(CHANCE[attribute], color="grey", linestyle=":", label="chance")
+        ax.axhline(GOAL[attribute], color="green", linestyle="--", label="goal")
+        ax.set_title(f"{attribute} accuracy (held-out level-1 prompts)")
+        ax.set_xlabel("training minutes (2 CPU cores)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("judge accuracy")
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(args.preset, args.overrides)
+    data, runs = str(out / "data"), str(out / "runs")
+    run = storage.join(runs, RUN_NAME)
+    overrides = [*phase_minutes(cfg, args.minutes), *args.overrides]
+    if not args.judge_only:
+        build_data(cfg, data, args.clips)
+        wall = train(args, data, runs, overrides)
+        print(f"train: {wall / 60:.1f} min wall (Ray start-up, engine builds and checkpoints included)", flush=True)
+
+    summary = json.loads(storage.read_text(storage.join(run, "summary.json")))
+    train_minutes = sum(p["time_s"] for p in summary["phases"]) / 60.0
+    curve = []
+    for minutes, uri in curve_checkpoints(run, args.curve_points - 1):
+        curve.append({"minutes": round(minutes, 2), "checkpoint": uri, **_accuracies(judge(uri, cfg, args.scenes))})
+        print(f"curve: {minutes:5.1f} min  " + "  ".join(f"{a} {curve[-1][a]:.2f}" for a in ATTRIBUTES), flush=True)
+
+    from aiprod.eval.report import evaluate
+
+    final = storage.join(run, "final")
+    report = evaluate(final, out / "report", data_uri=data,
+                      overrides=[f"eval.num_samples={args.scenes}", "eval.levels=[1]", "eval.seeds=[0]",
+                                 "eval.heldout_clips=40"])
+    final_point = {"minutes": round(train_minutes, 2), "checkpoint": final,
+                   **_accuracies(report["alignment"])}
+    curve.append(final_point)
+    plot(curve, out / "quality.png")
+
+    result = {
+        "vae_psnr": report["metrics"]["psnr"],
+        **{f"alignment_{a}": final_point[a] for a in ATTRIBUTES},
+        "alignment_accuracy": report["metrics"]["alignment_accuracy"],
+        "per_language": final_point["per_language"],
+        "chance": CHANCE,
+        "goal": GOAL,
+        "goal_met": _goal_met(final_point, report["metrics"]["psnr"], train_minutes),
+        "train_minutes": round(train_minutes, 2),
+        "curve": [{k: v for k, v in c.items() if k != "checkpoint"} for c in curve],
+        "gates": report["gates"],
+        "checkpoint": final,
+        "data": {"uri": data, "heldout_split": "heldout", "heldout_clips": report["data"]["clips"]},
+        "report": str(out / "report" / "report.html"),
+        "plot": str(out / "quality.png"),
+    }
+    print_table(result)
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+def _accuracies(alignment: dict) -> dict:
+    per_language = {lang: {a: round(stats[a], 3) for a in ATTRIBUTES}
+                    for lang, stats in alignment["per_language"].items()}
+    return {**{a: round(alignment["per_attribute"][a], 3) for a in ATTRIBUTES}, "per_language": per_language}
+
+
+def _goal_met(final: dict, psnr: float | None, minutes: float) -> bool:
+    languages = final["per_language"].values()
+    return (minutes <= GOAL["minutes"] + 0.5 and psnr is not None and psnr >= GOAL["vae_psnr"]
+            and all(r["colour"] >= GOAL["colour"] and r["direction"] >= GOAL["direction"] for r in languages))
+
+
+def print_table(result: dict) -> None:
+    languages = sorted(result["per_language"])
+    print(f"\nquality after {result['train_minutes']:.1f} training minutes (held-out level-1 prompts)")
+    print(f"{'attribute':<11}{'all':>7}" + "".join(f"{lang:>7}" for lang in languages) + f"{'chance':>8}{'goal':>7}")
+    for a in ATTRIBUTES:
+        row = f"{a:<11}{result[f'alignment_{a}']:>7.2f}"
+        row += "".join(f"{result['per_language'][lang][a]:>7.2f}" for lang in languages)
+        print(row + f"{CHANCE[a]:>8.2f}" + (f"{GOAL[a]:>7.2f}" if a in GOAL else f"{'':>7}"))
+    psnr = result["vae_psnr"]
+    print(f"VAE PSNR (held-out, levels 1-5): {psnr:.2f} dB (goal {GOAL['vae_psnr']:.0f})" if psnr is not None
+          else "VAE PSNR: not measured")
+    print(f"gates {'PASSED' if result['gates']['passed'] else 'FAILED'}; goal {'met' if result['goal_met'] else 'NOT met'}; "
+          f"plot {result['plot']}")
+    print("minutes  " + "  ".join(f"{a:>9}" for a in ATTRIBUTES))
+    for point in result["curve"]:
+        print(f"{point['minutes']:7.1f}  " + "  ".join(f"{point[a]:>9.2f}" for a in ATTRIBUTES))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
