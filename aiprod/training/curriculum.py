@@ -5,7 +5,8 @@ losses, so every decision (evaluate, reduce LR, stop, roll back) is the same on 
 whole state is a dict in each checkpoint's state.json, so a resumed run continues mid-phase.
 
 Exit rules: `steps`, `epochs` and `minutes` (wall-clock training time, as all ranks agree on it) are
-caps whenever they are set; exit `plateau` also stops when the
+caps whenever they are set (a resumed phase counts the time trained before its checkpoint); exit
+`plateau` also stops when the
 monitored loss (mean training loss over the last `eval_every_steps` steps) has not improved by
 `min_delta` for `patience` evaluations (early stopping). With `reduce_on_plateau` a plateau first
 multiplies the LR by `reduce_factor`; under exit `plateau` the phase then stops at the next plateau
@@ -44,6 +45,8 @@ class PhaseProgress:
     probe_start: float | None = None  # loss on the fixed probe batch at phase start / end
     probe_end: float | None = None
     elapsed_s: float = 0.0
+    trained_s: float = 0.0  # seconds trained before this process (re)started the phase
+    running_s: float = 0.0  # seconds since it (re)started, as the ranks agree on it (saved with checkpoints)
     exit_reason: str | None = None
 
     @property
@@ -109,22 +112,27 @@ class Curriculum:
     def progress(self) -> PhaseProgress:
         return self.phases[self.current]
 
-    def exit_reason(self, running_s: float = 0.0) -> str | None:
-        """Why the current phase should stop now (caps), or None. `running_s`: seconds trained since
-        the phase (re)started in this process, on top of `elapsed_s` from before a resume."""
+    def exit_reason(self) -> str | None:
+        """Why the current phase should stop now (caps), or None."""
         p, cfg = self.progress, self.phase_cfg
         if cfg.steps is not None and p.step >= cfg.steps:
             return "steps"
         if cfg.epochs is not None and p.epoch >= cfg.epochs:
             return "epochs"
-        if cfg.minutes is not None and p.elapsed_s + running_s >= 60.0 * cfg.minutes:
+        if cfg.minutes is not None and p.trained_s + p.running_s >= 60.0 * cfg.minutes:
             return "minutes"
         return None
 
-    def time_fraction(self, running_s: float) -> float:
+    def time_fraction(self) -> float:
         """How far through its `minutes` cap the current phase is (0 without one)."""
-        minutes = self.phase_cfg.minutes
-        return 0.0 if minutes is None else min(1.0, (self.progress.elapsed_s + running_s) / (60.0 * minutes))
+        p, minutes = self.progress, self.phase_cfg.minutes
+        return 0.0 if minutes is None else min(1.0, (p.trained_s + p.running_s) / (60.0 * minutes))
+
+    def restart_clock(self) -> None:
+        """A phase (re)starts in this process: the time trained before (a checkpoint's) is banked."""
+        p = self.progress
+        p.trained_s += p.running_s
+        p.running_s = 0.0
 
     def eval_due(self) -> bool:
         return self.progress.step > 0 and self.progress.step % self.cfg.eval_every_steps == 0

@@ -367,8 +367,8 @@ class Worker:
                   f"ZeRO-{self.cfg.train.zero_stage}, {self.precision}")
         progress = Progress(self.cfg.train.progress_every_s, prog.planned_steps, prog.step)
         samples_per_micro = phase.batch_size * self.world
-        running = 0.0  # seconds since the phase (re)started, as the ranks agree on it
-        reason = self.cur.exit_reason(running)
+        self.cur.restart_clock()
+        reason = self.cur.exit_reason()
         step_losses: list[float] = []
         step_parts: dict[str, float] = {}
         while reason is None:
@@ -386,7 +386,8 @@ class Worker:
                 video, captions = self._video(batch), list(batch["caption"])
                 with autocast(self.precision, self.device):
                     loss, parts = engine(video, captions, self.generator)
-                value, running = (v / self.world for v in _all_reduce([float(loss.detach()), time.monotonic() - started]))
+                value, prog.running_s = (v / self.world for v in _all_reduce([float(loss.detach()),
+                                                                             time.monotonic() - started]))
                 if self._inject_nan(self.cur.global_step + 1):
                     value = float("nan")
                 if not is_finite(value):
@@ -404,11 +405,11 @@ class Worker:
                 took_step_this_pass = True
                 mean_loss = sum(step_losses) / len(step_losses)
                 self.cur.record_step(mean_loss, samples_per_micro * len(step_losses))
-                self.phase_engine.schedule.time_fraction = self.cur.time_fraction(running)
+                self.phase_engine.schedule.time_fraction = self.cur.time_fraction()
                 self._after_step(mean_loss, {k: v / len(step_losses) for k, v in step_parts.items()}, progress)
                 step_losses.clear()
                 step_parts.clear()
-                reason = self._check_plateau() or self.cur.exit_reason(running)
+                reason = self._check_plateau() or self.cur.exit_reason()
                 if reason is None and self.cur.global_step % self.cfg.checkpoint.every_steps == 0:
                     self.save("interval")
             if reason is None:  # the pass over the data ended
@@ -418,7 +419,7 @@ class Worker:
                         f"data (levels {phase.levels}, {self.world} workers); add data or lower batch_size")
                 self.cur.end_epoch()
                 self._log({"event": "epoch_end", "phase": i, "epoch": prog.epoch})
-                reason = self.cur.exit_reason(running)
+                reason = self.cur.exit_reason()
         probe, self.probe = self.probe, None
         if probe is not None:
             prog.probe_end = self.probe_loss(module, probe)
@@ -554,7 +555,7 @@ class Worker:
         i, phase = self.cur.current, self.cur.phase_cfg
         trained = gathered_state_dict(self.phase_engine)  # collective under ZeRO-3
         full = ckpt.model_state(self.model, trained)
-        prog = self.cur.finish_phase(reason, time.monotonic() - started)
+        prog = self.cur.finish_phase(reason, self.cur.progress.trained_s + time.monotonic() - started)
         if not self.cur.finished:
             self.prefetch_first_batch(self.cur.current)
         # every rank passes the state: no second (collective) gather
