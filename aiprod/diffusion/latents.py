@@ -59,7 +59,8 @@ def decode_latents(vae: VideoVAE, latents: torch.Tensor, size: tuple[int, int] |
 
 
 class LatentStats:
-    """Per-channel running sums of raw latents; `reduce` merges ranks, `apply` sets the VAE buffers."""
+    """Per-channel running sums of raw latents (ranks merge them by summing `sums`); `apply` sets the
+    VAE buffers."""
 
     def __init__(self, channels: int):
         self.sums = torch.zeros(3, channels, dtype=torch.float64)  # count, sum, sum of squares

@@ -36,13 +36,11 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 def grid_position_embedding(grid: tuple[int, int, int], dim: int, device=None) -> torch.Tensor:
     """Fixed sin-cos embedding [t*h*w, dim] of each token's absolute (t, h, w) index on the token
-    grid (time takes the rest of `dim` after two equal spatial shares), tokens in (t, h, w) order."""
-    spatial = (dim // 3) // 2 * 2
+    grid (split over (t, h, w) as 3D RoPE splits a head: `rope_axis_dims`), tokens in (t, h, w) order."""
     parts = []
-    for size, width in zip(grid, (dim - 2 * spatial, spatial, spatial)):
-        if width:
-            positions = torch.arange(size, device=device, dtype=torch.float32)
-            parts.append(timestep_embedding(positions, width, max_period=100.0))
+    for size, width in zip(grid, rope_axis_dims(dim)):
+        positions = torch.arange(size, device=device, dtype=torch.float32)
+        parts.append(timestep_embedding(positions, width, max_period=100.0))
     t, h, w = grid
     axes = [p.view(*(size if i == j else 1 for j in range(3)), -1).expand(t, h, w, -1)
             for i, (p, size) in enumerate(zip(parts, grid))]
