@@ -381,6 +381,8 @@ class FaultConfig(Section):
     emergency_model_fail: bool = Field(False, description="every emergency model call raises")
     standard_model_delay_s: float = Field(0.0, ge=0, description="sleep before each standard model call")
     standard_model_fail: bool = Field(False, description="every standard model call raises")
+    standard_step_delay_s: float = Field(0.0, ge=0, description="sleep at every sampler step of a standard "
+                                         "model call (a slow accelerator)")
 
 
 class TemplateConfig(Section):
@@ -414,7 +416,18 @@ class ServeConfig(Section):
     max_width: int = Field(1024, ge=8)
     max_height: int = Field(1024, ge=8)
     max_fps: int = Field(30, ge=1)
-    max_steps: int = Field(100, ge=1)
+    max_steps: int = Field(100, ge=1, description="also at most diffusion.train_timesteps")
+    max_guidance: float = Field(20.0, ge=1, description="largest classifier-free guidance a request may ask")
+    max_body_bytes: int = Field(65536, ge=1024, description="larger request bodies are refused with 413 "
+                                "before they are parsed")
+    load_retry_s: float = Field(5.0, gt=0, description="a followed registry pointer whose version failed to "
+                                "load is retried after this, doubling per failure up to load_retry_max_s")
+    load_retry_max_s: float = Field(300.0, gt=0)
+    alert_margin_s: float = Field(1.0, gt=0, description="the ingress's own alert-card render must end this "
+                                  "long before the deadline; past that, the type's pre-rendered card answers")
+    alert_cache_size: int = Field(256, ge=0, description="rendered alert cards the ingress keeps (identical "
+                                  "alerts in a storm are rendered once)")
+    alert_render_threads: int = Field(2, ge=1, description="threads the ingress renders its own alert cards on")
     standard_deadline_s: float = Field(120.0, gt=0)
     emergency_deadline_s: float = Field(60.0, gt=0)
     emergency_seconds: float = Field(5.0, ge=5.0, description="template video length")
@@ -442,6 +455,15 @@ class ServeConfig(Section):
     ingress: DeploymentConfig = Field(default_factory=_ingress_defaults)
     standard: DeploymentConfig = Field(default_factory=DeploymentConfig)
     emergency: DeploymentConfig = Field(default_factory=DeploymentConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ingress_keeps_its_defaults(cls, data: Any) -> Any:
+        # Overriding one ingress key (serve.ingress.num_cpus=1) must not replace the ingress's own
+        # defaults (100 ongoing, no queue limit: alerts are never turned away) with a generator's.
+        if isinstance(data, dict) and isinstance(data.get("ingress"), dict):
+            data = {**data, "ingress": deep_merge(_ingress_defaults().model_dump(), data["ingress"])}
+        return data
 
     @model_validator(mode="after")
     def _emergency_always_answers(self) -> ServeConfig:

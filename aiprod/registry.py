@@ -51,10 +51,11 @@ STAGING = ".staging"
 LOCK_POLL_S = 0.05
 COPY_CHUNK = 8 << 20
 
+# Always used with fullmatch: `$` would also accept a name ending in a newline.
 NAME_RE = re.compile(
-    r"^pib-videogen-(?P<model_type>[a-z0-9]+)"
+    r"pib-videogen-(?P<model_type>[a-z0-9]+)"
     r"-v(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)"
-    r"-(?P<specialization>[a-z0-9]+(?:-[a-z0-9]+)*)$"
+    r"-(?P<specialization>[a-z0-9]+(?:-[a-z0-9]+)*)"
 )
 NAME_FORMAT = "pib-videogen-{model_type}-v{major}.{minor}.{patch}-{specialization}"
 
@@ -109,7 +110,7 @@ class VersionName:
 def parse_version(name: str, cfg: RegistryConfig | None = None) -> VersionName:
     """Validate a version name against the format and the configured types and specializations."""
     cfg = cfg or RegistryConfig()
-    match = NAME_RE.match(name or "")
+    match = NAME_RE.fullmatch(name) if isinstance(name, str) else None
     if not match:
         raise VersionNameError(
             f"registry: bad version name {name!r}: expected {NAME_FORMAT} "
@@ -208,7 +209,7 @@ class _LocalStore:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name))
 
     def staging_dir(self) -> Path:
         staging = self.root / STAGING
@@ -291,7 +292,7 @@ class _S3Store:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=base, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
                 name = common["Prefix"][len(base) :].strip("/")
-                if NAME_RE.match(name):
+                if NAME_RE.fullmatch(name):
                     found.append(name)
         return sorted(found)
 
@@ -502,6 +503,11 @@ class Registry:
                 raise RegistryError(f"registry: nothing to roll back to in {self.root} "
                                     f"(production is {current.get('version')!r} with no previous version)")
             target = previous.pop()
+            self._require(target)
+            problems = self.verify(target)
+            if problems:
+                raise IntegrityError(f"registry: {target} (the production before {current.get('version')}) fails "
+                                     f"its manifest, refusing to roll back to it: " + "; ".join(problems))
             record = {"version": target, "previous": previous, "updated_at": _now(), "forced": False}
             self.store.write(PRODUCTION, json.dumps(record, indent=2).encode())
             return self._record("rollback", version=target, replaced=current.get("version"))
@@ -516,6 +522,9 @@ class Registry:
             raise VersionNotFoundError(f"registry: the {ref} pointer is not set in {self.root}")
         self._require(name)
         if isinstance(self.store, _LocalStore):
+            problems = manifest.verify_manifest(self.store.path(name))
+            if problems:
+                raise IntegrityError(f"registry: {name} fails its manifest: " + "; ".join(problems))
             return self.store.path(name)
         cache = Path(cache_dir or self.cfg.cache_dir).expanduser() / _cache_key(self.root) / name
         if cache.is_dir() and not manifest.verify_manifest(cache):
@@ -550,7 +559,7 @@ def resolve(root: str | os.PathLike, ref: str, cache_dir: str | os.PathLike | No
 
 
 def _sort_key(name: str) -> tuple:
-    match = NAME_RE.match(name)
+    match = NAME_RE.fullmatch(name)
     assert match is not None
     g = match.groupdict()
     return g["model_type"], g["specialization"], int(g["major"]), int(g["minor"]), int(g["patch"])

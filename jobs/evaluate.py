@@ -44,7 +44,7 @@ def _locate(ref: str, registry: str | None) -> tuple[str, str]:
     """(weights directory, label) for a directory or a registry reference."""
     from aiprod.registry import NAME_RE, resolve
 
-    if not (ref in ("production", "latest") or NAME_RE.match(ref)) or storage.exists(storage.join(ref, "config.yaml")):
+    if not (ref in ("production", "latest") or NAME_RE.fullmatch(ref)) or storage.exists(storage.join(ref, "config.yaml")):
         return ref, Path(ref.rstrip("/")).name
     root = registry or RegistryConfig().root
     path = resolve(root, ref)

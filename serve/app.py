@@ -12,13 +12,12 @@ The logic lives in aiprod.serving; this file maps it to Serve and HTTP.
 """
 
 import asyncio
-import hmac
 import json
 import os
 import time
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
@@ -32,16 +31,17 @@ from aiprod.serving import (
     EmergencyJob,
     EmergencyRequest,
     EmergencyWorker,
+    FallbackRenderer,
     ModelHost,
+    StandardWorker,
     VideoJob,
     VideoRequest,
     deployment_options,
-    render_template,
     request_bucket,
     resolve_app_config,
-    run_standard_batch,
     warm_up,
 )
+from aiprod.serving.http import install, require_api_key, validation_error_response
 from aiprod.serving.schemas import emergency_errors, video_errors
 
 api = FastAPI(
@@ -49,6 +49,7 @@ api = FastAPI(
     description="Text to video for public-information broadcasting; emergency alerts always answer.",
     version="1",
 )
+install(api)  # every route below: key, then body cap, then strict JSON; 422s that cannot fail
 STATUS_FOR = {"deadline": 504, "no_model": 503, "bad_request": 422, "failed": 500}
 
 
@@ -60,17 +61,6 @@ def _device(num_gpus: float) -> str:
 
 def _ascii(text: str) -> str:
     return text.encode("ascii", "backslashreplace").decode()
-
-
-def require_api_key(request: Request) -> None:
-    """Bearer key check; a dependency, so it runs before the body is validated (401 before 422)."""
-    key = getattr(request.app.state, "api_key", None)
-    if key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
-        raise HTTPException(401, "missing or wrong API key (Authorization: Bearer <key>)",
-                            headers={"WWW-Authenticate": "Bearer"})
 
 
 AUTH = [Depends(require_api_key)]
@@ -90,7 +80,8 @@ class Ingress:
         self.emergency = emergency
         library = load_library(self.cfg.serve.template.templates_dir)
         self.types = {name: len(library.get(name).variations) for name in library.types()}
-        warm_up(self.cfg)  # the fallback renderer must be ready before the first emergency
+        self.cards = FallbackRenderer(self.cfg, list(self.types))  # ready before the first emergency
+        api.state.max_body_bytes = self.cfg.serve.max_body_bytes
         api.state.api_key = None
         env = self.cfg.serve.api_key_env
         if env:
@@ -119,7 +110,7 @@ class Ingress:
             prompt=body.prompt, language=body.language, seconds=body.duration_s or s.default_duration_s,
             fps=body.fps or s.default_fps, width=body.width or s.default_width,
             height=body.height or s.default_height, seed=body.seed, steps=body.steps, guidance=body.guidance,
-            bucket=_bucket(body, request), deadline=time.time() + deadline_s,
+            bucket=_bucket(body, request), deadline=time.time() + deadline_s, deadline_s=deadline_s,
         )
         response = self.standard.generate.remote(job)
         try:
@@ -130,8 +121,11 @@ class Ingress:
             response.cancel()
             return JSONResponse({"detail": f"deadline of {deadline_s}s passed"}, status_code=504)
         if result.status != "ok":
-            if result.status == "no_model":
+            if result.status in ("no_model", "busy"):
                 return self._unavailable(result.message)
+            if result.status == "too_costly":
+                return validation_error_response([{"loc": ["body", "deadline_s"], "msg": result.message,
+                                                   "type": "value_error", "input": deadline_s}])
             return JSONResponse({"detail": result.message}, status_code=STATUS_FOR[result.status])
         return Response(result.mp4, media_type="video/mp4", headers={
             "X-Model-Version": result.version,
@@ -151,6 +145,14 @@ class Ingress:
         if errors:
             raise RequestValidationError(errors)
         started = time.time()
+        try:
+            return await self._alert(body, request, started)
+        except Exception as exc:  # noqa: BLE001 - an emergency is never answered with an error
+            result = self.cards.default(AlertRequest(body.emergency_type), f"ingress_failed: {type(exc).__name__}",
+                                         started)
+            return self._alert_response(result, body.deadline_s or self.cfg.serve.emergency_deadline_s)
+
+    async def _alert(self, body: EmergencyRequest, request: Request, started: float) -> Response:
         deadline_s = body.deadline_s or self.cfg.serve.emergency_deadline_s
         alert = AlertRequest(body.emergency_type, body.language, body.variation, body.headline,
                              body.instructions, body.region)
@@ -170,12 +172,8 @@ class Ingress:
                 reason = "emergency_generator_timeout"
             except Exception as exc:  # noqa: BLE001 - an emergency is never answered with an error
                 reason = f"emergency_generator_failed: {type(exc).__name__}"
-        try:
-            result = await asyncio.to_thread(render_template, alert, self.cfg, reason)
-        except Exception as exc:  # noqa: BLE001 - last resort: the type's English default card
-            reason = f"{reason}; custom card failed ({type(exc).__name__}), English defaults used"
-            result = await asyncio.to_thread(render_template, AlertRequest(alert.emergency_type), self.cfg, reason)
-        return self._alert_response(result, deadline_s)
+        render_by = started + deadline_s - self.cfg.serve.alert_margin_s
+        return self._alert_response(await self.cards.render(alert, reason, render_by), deadline_s)
 
     def _alert_response(self, result, deadline_s: float) -> Response:
         headers = {
@@ -230,8 +228,12 @@ class Ingress:
             problems.append(f"standard: unreachable: {standard.get('error')}")
         elif standard["a"] is None:
             problems.append(f"standard: no model loaded ({standard.get('error') or 'serve.model is not set'})")
+        elif standard.get("error"):
+            problems.append(f"standard: model load failed, serving {standard['a']['version']}: {standard['error']}")
         if "a" not in emergency:
             problems.append(f"emergency: unreachable: {emergency.get('error')}")
+        elif emergency.get("error"):
+            problems.append(f"emergency: model load failed: {emergency['error']}")
         body = {"ready": not problems, "problems": problems,
                 "standard_version": (standard.get("a") or {}).get("version")}
         return JSONResponse(body, status_code=200 if not problems else 503)
@@ -243,6 +245,7 @@ class StandardGenerator:
         self.cfg = validate(config)
         self.host = ModelHost(self.cfg, _device(self.cfg.serve.standard.num_gpus))
         self.host.follow_registry(self.cfg.serve.follow_registry_s)
+        self.worker = StandardWorker(self.cfg, self.host)
         self.generate.set_max_batch_size(self.cfg.serve.batch_max_size)
         self.generate.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_s)
 
@@ -251,10 +254,11 @@ class StandardGenerator:
 
     @serve.batch
     async def generate(self, jobs: list[VideoJob]) -> list:
-        return await asyncio.to_thread(run_standard_batch, self.host, jobs, self.cfg)
+        # A thread cannot be interrupted: jobs stop themselves between sampler steps at their deadline.
+        return await asyncio.to_thread(self.worker.run, jobs)
 
     def info(self) -> dict:
-        return self.host.info()
+        return self.worker.info()
 
 
 @serve.deployment(name="EmergencyGenerator")

@@ -173,3 +173,43 @@ def test_sample_cli_end_to_end(checkpoint, tmp_path):
     assert len(frames) == 9 and frames[0].shape == (32, 32, 3) and rate == 8
     bad = subprocess.run([*cmd, "--height", "30"], capture_output=True, text=True, timeout=300, env=env)
     assert bad.returncode == 2 and "height must be a positive multiple" in bad.stderr
+
+
+# ------------------------------------------------------------------- deadline, finite output
+
+
+def test_generation_past_its_deadline_stops_within_one_step(pipe, monkeypatch):
+    """The clock moves past the deadline during step 2: step 3 never runs."""
+    import aiprod.diffusion.pipeline as module
+
+    clock = [1000.0]
+    monkeypatch.setattr(module, "time", type("Clock", (), {"time": staticmethod(lambda: clock[0])}))
+    ran = []
+
+    def on_step(i: int, n: int) -> None:
+        if i < n:
+            ran.append(i)
+        if i == 2:
+            clock[0] = 1010.0
+
+    with pytest.raises(module.GenerationAbandoned, match="after 3 of 8 sampler steps") as caught:
+        pipe.generate("x", seconds=1.0, fps=8, height=16, width=16, steps=8, deadline=1005.0, on_step=on_step)
+    assert ran == [0, 1, 2] and (caught.value.step, caught.value.steps) == (3, 8)
+    frames = pipe.generate("x", seconds=1.0, fps=8, height=16, width=16, steps=2, deadline=1020.0)
+    assert frames.dtype == np.uint8  # a deadline still ahead changes nothing
+
+
+def test_non_finite_output_is_refused_before_encoding(pipe):
+    from aiprod.diffusion.pipeline import NonFiniteOutput
+
+    cfg = load_config("tiny")
+    model = build_model(cfg.model)
+    model.load_state_dict(pipe.model.state_dict())
+    with torch.no_grad():
+        model.denoiser.final_proj.weight.fill_(float("nan"))
+    broken = VideoPipeline(cfg, model, version="nan-test")
+    for mode in ("standard", "emergency"):
+        with pytest.raises(NonFiniteOutput, match="non-finite"):
+            broken.generate("x", seconds=1.0, fps=8, height=16, width=16, steps=1, mode=mode)
+    with pytest.raises(ValueError, match="guidance must be >= 1 and finite"):
+        pipe.generate("x", seconds=1.0, fps=8, height=16, width=16, steps=1, guidance=float("inf"))

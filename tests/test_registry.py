@@ -237,3 +237,40 @@ def test_cli(tmp_path, checkpoint, reports):
     assert "gates from the version's own config" in out and '"psnr_min": 12.0' in out
     rc, out, _ = run("--preset", "tiny", "promote", strict_name)  # an explicit config's gates win
     assert rc == 0 and f"production -> {strict_name}" in out and "gates from --preset tiny" in out
+
+
+def test_a_name_ending_in_a_newline_is_refused(tmp_path, checkpoint):
+    reg = Registry(tmp_path / "reg")
+    for bad in (V.format("1.0.0") + "\n", V.format("1.0.0") + "\r\n", "\n" + V.format("1.0.0")):
+        with pytest.raises(VersionNameError, match="bad version name"):
+            parse_version(bad)
+        with pytest.raises(VersionNameError):
+            reg.publish(checkpoint, bad)
+    assert reg.versions() == [] and reg.pointer("latest") is None
+
+
+def test_rollback_and_resolve_verify_the_manifest(root, checkpoint, reports):
+    reg = Registry(root)
+    for version in ("1.0.0", "1.1.0"):
+        reg.publish(checkpoint, V.format(version), report=reports["good"])
+    reg.promote(V.format("1.0.0"), GATES)
+    reg.promote(V.format("1.1.0"), GATES)
+    _flip_byte(storage.join(reg.root, V.format("1.0.0"), "model.safetensors"))
+    with pytest.raises(IntegrityError, match=r"1\.0\.0.*refusing to roll back.*sha256 mismatch"):
+        reg.rollback()
+    assert reg.pointer("production") == V.format("1.1.0")
+    assert [e["action"] for e in reg.history()][-1] == "promote"
+    with pytest.raises(IntegrityError, match="sha256 mismatch"):
+        reg.resolve(V.format("1.0.0"), cache_dir=Path(str(checkpoint)).parent / f"cache-{os.getpid()}")
+
+
+def test_cli_resolve_of_a_corrupt_version_fails(tmp_path, checkpoint):
+    root = tmp_path / "reg"
+    name = V.format("0.4.0")
+    Registry(root).publish(checkpoint, name)
+    proc = _cli("--root", str(root), "resolve", name)
+    assert proc.wait(timeout=120) == 0 and proc.stdout.read().strip() == str(root / name)
+    _flip_byte(str(root / name / "model.safetensors"))
+    proc = _cli("--root", str(root), "resolve", name)
+    rc, out, err = proc.wait(timeout=120), proc.stdout.read(), proc.stderr.read()
+    assert rc == 1 and out == "" and f"{name} fails its manifest" in err and "sha256 mismatch" in err

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO
@@ -28,7 +30,7 @@ from safetensors.torch import save_file
 from aiprod import storage
 from aiprod.config import Config, validate
 from aiprod.diffusion.latents import STAT_KEYS, decode_latents, missing_stats_message
-from aiprod.diffusion.sampler import TextCondition, emergency_sample, sample
+from aiprod.diffusion.sampler import StepHook, TextCondition, emergency_sample, sample
 from aiprod.diffusion.schedule import NoiseSchedule
 from aiprod.manifest import MANIFEST, verify_manifest, write_manifest
 from aiprod.models import VideoModel, build_model
@@ -41,6 +43,19 @@ DEFAULT_VERSION = "unversioned"
 
 class CheckpointError(RuntimeError):
     """A weights directory that is missing files or fails its manifest."""
+
+
+class GenerationAbandoned(RuntimeError):
+    """generate() stopped between sampler steps because its deadline passed."""
+
+    def __init__(self, step: int, steps: int, late_s: float):
+        self.step, self.steps, self.late_s = step, steps, late_s
+        super().__init__(f"deadline passed {late_s:.2f}s ago; generation abandoned after {step} of {steps} "
+                         f"sampler steps")
+
+
+class NonFiniteOutput(RuntimeError):
+    """The model produced NaN or infinite pixels: nothing fit to encode."""
 
 
 class VideoPipeline:
@@ -166,8 +181,8 @@ class VideoPipeline:
             raise ValueError(f"seed must be an integer, got {seed!r}")
         if steps is not None and not 1 <= steps <= self.schedule.train_timesteps:
             raise ValueError(f"steps must be within [1, {self.schedule.train_timesteps}], got {steps}")
-        if guidance is not None and not guidance >= 1.0:
-            raise ValueError(f"guidance must be >= 1 (1 = no guidance), got {guidance}")
+        if guidance is not None and not (math.isfinite(guidance) and guidance >= 1.0):
+            raise ValueError(f"guidance must be >= 1 and finite (1 = no guidance), got {guidance}")
 
     @torch.inference_mode()
     def generate(
@@ -182,10 +197,15 @@ class VideoPipeline:
         steps: int | None = None,
         guidance: float | None = None,
         mode: str = "standard",
+        deadline: float | None = None,
+        on_step: StepHook | None = None,
     ) -> np.ndarray:
         """uint8 frames [T, H, W, 3]. The byte-level text encoder reads any script, so `language`
         is checked but not fed to the model (training captions carry no language tag).
-        `steps` / `guidance` default to diffusion.* or diffusion.emergency.* for the mode."""
+        `steps` / `guidance` default to diffusion.* or diffusion.emergency.* for the mode.
+        `deadline` (time.time()) is checked before every sampler step and before decoding: past it,
+        GenerationAbandoned is raised. `on_step(i, n)` runs before every step (progress, timing).
+        A clip with non-finite values raises NonFiniteOutput instead of being returned."""
         self._check_request(prompt, language, seconds, fps, height, width, seed, steps, guidance, mode)
         diffusion = self.cfg.diffusion
         if guidance is None:
@@ -199,13 +219,29 @@ class VideoPipeline:
             if self.autocast_dtype is not None
             else contextlib.nullcontext()
         )
+        done = 0
+
+        def step_hook(i: int, n: int) -> None:
+            nonlocal done
+            if deadline is not None and time.time() > deadline:
+                raise GenerationAbandoned(done, done + n - i, time.time() - deadline)
+            if on_step is not None:
+                on_step(i, n)
+            done += i < n
+
         with autocast:
             cond, uncond = self.encode_text(prompt, guidance)
             latents = sampler(
                 self.model.denoiser, self.schedule, shape, cond, uncond, diffusion, generator,
-                steps=steps, guidance=guidance, device=self.device,
+                steps=steps, guidance=guidance, device=self.device, on_step=step_hook,
             )
+            if deadline is not None and time.time() > deadline:
+                raise GenerationAbandoned(done, done, time.time() - deadline)
             video = decode_latents(self.model.vae, latents, size=(height, width))
+        if not torch.isfinite(video).all():
+            bad = int((~torch.isfinite(video)).sum())
+            raise NonFiniteOutput(f"model {self.version} produced {bad} non-finite values of {video.numel()} "
+                                  f"(NaN or infinity); the clip is not encoded")
         return to_uint8_frames(video[0])
 
     @staticmethod

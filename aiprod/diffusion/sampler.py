@@ -23,6 +23,8 @@ from aiprod.diffusion.noise import decomposed_noise
 from aiprod.diffusion.schedule import NoiseSchedule
 
 DenoiseFn = Callable[..., torch.Tensor]
+# on_step(i, n): called before step i of n and once more with i == n after the last; may raise
+StepHook = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -89,15 +91,22 @@ def ddim_sample(
     steps: int = 30,
     start: int | None = None,
     cross_frame: bool = False,
+    on_step: StepHook | None = None,
 ) -> torch.Tensor:
-    """Deterministic DDIM from x at timestep `start` (default the noisiest) down to a clean x0."""
+    """Deterministic DDIM from x at timestep `start` (default the noisiest) down to a clean x0.
+    `on_step` runs before every step (and after the last): raising there abandons the sampling
+    within one step."""
     timesteps = schedule.ddim_timesteps(steps, start)
     for i, t in enumerate(timesteps):
+        if on_step is not None:
+            on_step(i, len(timesteps))
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         out = guided_prediction(denoise, x, t, cond, uncond, guidance, cross_frame)
         x0, eps = schedule.predict_x0_eps(out, x, t)
         a_prev = schedule.alpha_bar(t_prev, x).to(x.dtype)
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    if on_step is not None:
+        on_step(len(timesteps), len(timesteps))  # after the last step: it can be timed too
     return x
 
 
@@ -112,6 +121,7 @@ def sample(
     steps: int | None = None,
     guidance: float | None = None,
     device: torch.device | str | None = None,
+    on_step: StepHook | None = None,
 ) -> torch.Tensor:
     """The standard path: decomposed starting noise (λ = cfg.noise_lambda), then DDIM."""
     noise = decomposed_noise(shape, cfg.noise_lambda, generator, device)
@@ -123,6 +133,7 @@ def sample(
         uncond,
         cfg.guidance if guidance is None else guidance,
         cfg.sample_steps if steps is None else steps,
+        on_step=on_step,
     )
 
 
@@ -162,6 +173,7 @@ def emergency_sample(
     steps: int | None = None,
     guidance: float | None = None,
     device: torch.device | str | None = None,
+    on_step: StepHook | None = None,
 ) -> torch.Tensor:
     """Latents [B,C,t,h,w] from the fast path (see the module docstring); `steps` model calls on
     the first frame, then at most `steps` on the whole clip."""
@@ -170,7 +182,7 @@ def emergency_sample(
     guidance = fast.guidance if guidance is None else guidance
     batch, channels, frames, height, width = (int(n) for n in shape)
     first_noise = decomposed_noise((batch, channels, 1, height, width), cfg.noise_lambda, generator, device)
-    first = ddim_sample(denoise, schedule, first_noise, cond, uncond, guidance, steps)
+    first = ddim_sample(denoise, schedule, first_noise, cond, uncond, guidance, steps, on_step=on_step)
     clip = warp_first_frame(first, frames, fast.motion)
     if frames == 1 or fast.renoise == 0:
         return clip
@@ -180,5 +192,5 @@ def emergency_sample(
     noisy = schedule.add_noise(clip, noise, t)
     return ddim_sample(
         denoise, schedule, noisy, cond, uncond, guidance, steps, start=start,
-        cross_frame=fast.cross_frame_attention,
+        cross_frame=fast.cross_frame_attention, on_step=on_step,
     )

@@ -1,11 +1,13 @@
 """The library side of serving: request schemas and limits, model hosting with live swaps and
 A/B arms, standard batches and the emergency path. serve/app.py wraps these in Ray Serve."""
 
+from aiprod.serving.alerts import FallbackRenderer
 from aiprod.serving.deploy import deployment_options, resolve_app_config
 from aiprod.serving.generation import (
     AlertResult,
     EmergencyJob,
     EmergencyWorker,
+    StandardWorker,
     VideoJob,
     VideoResult,
     render_template,
@@ -21,7 +23,9 @@ __all__ = [
     "EmergencyJob",
     "EmergencyRequest",
     "EmergencyWorker",
+    "FallbackRenderer",
     "ModelHost",
+    "StandardWorker",
     "UserConfig",
     "VideoJob",
     "VideoRequest",

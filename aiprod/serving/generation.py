@@ -18,6 +18,7 @@ import numpy as np
 
 from aiprod.config import Config
 from aiprod.emergency.render import AlertRequest, render_alert
+from aiprod.serving.cost import CostModel, StepTimer, step_units
 from aiprod.serving.models import ModelHost, Served
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class VideoJob:
     guidance: float | None
     bucket: float
     deadline: float  # time.time() after which the answer is useless
+    deadline_s: float  # the whole allowance the request asked for (a cost above it can never fit)
 
     def shape(self) -> tuple:
         return (self.seconds, self.fps, self.width, self.height, self.steps, self.guidance)
@@ -65,7 +67,7 @@ class VideoJob:
 
 @dataclass
 class VideoResult:
-    status: str  # ok | deadline | no_model | bad_request | failed
+    status: str  # ok | deadline | no_model | bad_request | failed | too_costly (422) | busy (503)
     mp4: bytes = b""
     version: str = ""
     arm: str = ""
@@ -78,8 +80,30 @@ class VideoResult:
     message: str = ""
 
 
-def run_standard_batch(host: ModelHost, jobs: list[VideoJob], cfg: Config) -> list[VideoResult]:
+class StandardWorker:
+    """What a standard replica holds besides its models: its own cost estimate, reset whenever the
+    model or fault setting changes."""
+
+    def __init__(self, cfg: Config, host: ModelHost):
+        self.cfg = cfg
+        self.host = host
+        self.cost = CostModel()
+        self._config_seen = host.updated_at
+
+    def run(self, jobs: list[VideoJob]) -> list[VideoResult]:
+        if self.host.updated_at != self._config_seen:
+            self._config_seen = self.host.updated_at
+            self.cost.reset()
+        return run_standard_batch(self.host, jobs, self.cfg, self.cost)
+
+    def info(self) -> dict[str, Any]:
+        return {**self.host.info(), "cost": self.cost.info()}
+
+
+def run_standard_batch(host: ModelHost, jobs: list[VideoJob], cfg: Config,
+                       cost: CostModel | None = None) -> list[VideoResult]:
     """One Serve batch: jobs grouped by (arm, shape), each group on one pipeline snapshot."""
+    cost = cost or CostModel()
     picked = [host.pick(job.bucket) for job in jobs]
     groups: dict[tuple, list[int]] = {}
     for i, (job, (arm, _)) in enumerate(zip(jobs, picked)):
@@ -88,24 +112,68 @@ def run_standard_batch(host: ModelHost, jobs: list[VideoJob], cfg: Config) -> li
     for indices in groups.values():
         arm, served = picked[indices[0]]
         for i in indices:
-            results[i] = _standard_one(jobs[i], arm, served, host, cfg, len(indices))
+            results[i] = _standard_one(jobs[i], arm, served, host, cfg, len(indices), cost)
     return results  # type: ignore[return-value]
 
 
+def _refusal(job: VideoJob, served: Served, cost: CostModel) -> VideoResult | None:
+    """too_costly when this replica's estimate exceeds the whole deadline, busy when only what is left of it."""
+    pipeline = served.pipeline
+    units = step_units(pipeline, job.seconds, job.fps, job.height, job.width, job.guidance)
+    steps = job.steps or pipeline.cfg.diffusion.sample_steps
+    estimate = cost.estimate_s(units, steps)
+    if estimate is None:
+        return None
+    left = job.deadline - time.time()
+    if estimate > job.deadline_s:
+        cost.refused += 1
+        return VideoResult("too_costly", message=(
+            f"this request needs about {estimate:.1f}s of sampling on this replica ({steps} steps), more than "
+            f"its deadline_s of {job.deadline_s:g}s; use fewer steps or a smaller size or duration"))
+    if estimate > left:
+        cost.refused += 1
+        return VideoResult("busy", message=f"this request needs about {estimate:.1f}s of sampling and only "
+                                           f"{max(left, 0):.1f}s of its deadline is left; retry later")
+    return None
+
+
 def _standard_one(job: VideoJob, arm: str, served: Served | None, host: ModelHost, cfg: Config,
-                  batch_size: int) -> VideoResult:
+                  batch_size: int, cost: CostModel) -> VideoResult:
+    from aiprod.diffusion.pipeline import GenerationAbandoned, NonFiniteOutput  # torch: not in the ingress
+
     if served is None:
         return VideoResult("no_model", message=f"no model loaded ({host.error or 'serve.model is not set'})")
     if time.time() > job.deadline:
         return VideoResult("deadline", message="deadline passed before generation started")
     start = time.perf_counter()
     try:
+        refused = _refusal(job, served, cost)
+        if refused is not None:
+            return refused
         apply_fault(host.fault.standard_model_delay_s, host.fault.standard_model_fail, "standard")
-        frames = served.pipeline.generate(
-            job.prompt, job.language, seconds=job.seconds, fps=job.fps, height=job.height, width=job.width,
-            seed=job.seed, steps=job.steps, guidance=job.guidance, mode="standard",
-        )
+        timer, step_delay_s = StepTimer(), host.fault.standard_step_delay_s
+
+        def on_step(i: int, n: int) -> None:
+            if step_delay_s > 0 and i < n:
+                time.sleep(step_delay_s)
+            timer(i, n)
+
+        units = step_units(served.pipeline, job.seconds, job.fps, job.height, job.width, job.guidance)
+        try:
+            frames = served.pipeline.generate(
+                job.prompt, job.language, seconds=job.seconds, fps=job.fps, height=job.height, width=job.width,
+                seed=job.seed, steps=job.steps, guidance=job.guidance, mode="standard", deadline=job.deadline,
+                on_step=on_step,
+            )
+        finally:
+            cost.record(timer, units)
         mp4 = encode(frames, job.fps, cfg)
+    except GenerationAbandoned as exc:
+        cost.abandon(exc.step, exc.steps)
+        return VideoResult("deadline", message=str(exc))
+    except NonFiniteOutput as exc:
+        log.error("standard generation: %s", exc)
+        return VideoResult("failed", message=f"NonFiniteOutput: {exc}")
     except ValueError as exc:
         return VideoResult("bad_request", message=str(exc))
     except Exception as exc:  # noqa: BLE001 - the ingress answers 500 with the message

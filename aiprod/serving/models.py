@@ -26,6 +26,16 @@ MOVING_REFS = ("production", "latest")
 CURRENT = "current"  # apply_in_background(CURRENT): re-apply the config in force when the load starts
 
 
+@dataclass
+class LoadFailure:
+    """A followed pointer's version that failed to load: not tried again before `retry_at` (monotonic)."""
+
+    target: str | None
+    error: str
+    attempts: int
+    retry_at: float
+
+
 @dataclass(frozen=True)
 class Served:
     pipeline: Any  # aiprod.diffusion.pipeline.VideoPipeline
@@ -97,6 +107,22 @@ class ModelHost:
         self._desired_lock = threading.Lock()
         self.user: UserConfig | None = None  # the last config applied
         self._follower: threading.Thread | None = None
+        self.load_failures: dict[str, LoadFailure] = {}  # moving pointer spec -> its failed target
+
+    def _failed(self, spec: str, message: str) -> None:
+        """Back off from a moving pointer whose version fails to load: load_retry_s, doubling per
+        failure of the same target up to load_retry_max_s (an S3 entry is a full download per try)."""
+        if spec not in MOVING_REFS:
+            return
+        try:
+            target = pointer_target(spec, self.cfg)
+        except Exception:  # noqa: BLE001 - the registry itself is unreadable
+            target = None
+        old = self.load_failures.get(spec)
+        attempts = old.attempts + 1 if old is not None and old.target == target else 1
+        s = self.cfg.serve
+        wait_s = min(s.load_retry_s * 2 ** (attempts - 1), s.load_retry_max_s)
+        self.load_failures[spec] = LoadFailure(target, message, attempts, time.monotonic() + wait_s)
 
     def _get(self, spec: str | None, keep: list[Served | None]) -> Served | None:
         if spec is None:
@@ -118,11 +144,13 @@ class ModelHost:
                     return
                 user = self.user
             keep = [self.a, self.b]
-            errors = []
+            errors, failed = [], set()
             try:
                 a = self._get(user.model, keep)
             except Exception as exc:  # noqa: BLE001 - reported, previous model keeps serving
                 errors.append(f"model {user.model!r}: {type(exc).__name__}: {exc}")
+                self._failed(user.model, errors[-1])
+                failed.add(user.model)
                 a = self.a
             b, fraction = None, 0.0
             if user.ab is not None and user.ab.fraction > 0:
@@ -130,6 +158,10 @@ class ModelHost:
                     b, fraction = self._get(user.ab.version, keep), user.ab.fraction
                 except Exception as exc:  # noqa: BLE001
                     errors.append(f"ab.version {user.ab.version!r}: {type(exc).__name__}: {exc}")
+                    self._failed(user.ab.version, errors[-1])
+                    failed.add(user.ab.version)
+            for spec in set(self.load_failures) - failed:
+                del self.load_failures[spec]
             self.a, self.b, self.fraction = a, b, fraction
             self.fault = user.fault
             self.user = user
@@ -190,9 +222,28 @@ class ModelHost:
         self._follower.start()
 
     def pointers_moved(self) -> bool:
-        """Whether a moving pointer an arm serves now names another version than the one loaded."""
-        return any(served is not None and served.target is not None
-                   and pointer_target(served.spec, self.cfg) != served.target for served in (self.a, self.b))
+        """Whether a moving pointer an arm follows now names another version than the one loaded
+        (or none is loaded), unless that version failed to load and its back-off has not passed."""
+        user = self.user
+        if user is None:
+            return False
+        wanted = [(user.model, self.a)]
+        if user.ab is not None and user.ab.fraction > 0:
+            wanted.append((user.ab.version, self.b))
+        moved = False
+        for spec, served in wanted:
+            if spec not in MOVING_REFS:
+                continue
+            target = pointer_target(spec, self.cfg)
+            if served is not None and served.spec == spec and served.target == target:
+                if self.load_failures.pop(spec, None) is not None and not self.load_failures:
+                    self.error = None  # the pointer is back on the version being served
+                continue
+            failure = self.load_failures.get(spec)
+            if failure is not None and failure.target == target and time.monotonic() < failure.retry_at:
+                continue
+            moved = True
+        return moved
 
     @property
     def pending(self) -> bool:
@@ -214,6 +265,9 @@ class ModelHost:
             "b": describe(self.b),
             "ab_fraction": self.fraction,
             "error": self.error,
+            "load_failures": {spec: {"target": f.target, "attempts": f.attempts, "error": f.error,
+                                     "retry_in_s": round(max(0.0, f.retry_at - time.monotonic()), 1)}
+                              for spec, f in self.load_failures.items()},
             "fault": self.fault.model_dump(),
             "updated_at": self.updated_at,
             "loading": self.pending,

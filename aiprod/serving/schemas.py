@@ -9,13 +9,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aiprod.config import ABConfig, Config, FaultConfig
 
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
+EXCERPT_CHARS = 60
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """A short, always-encodable rendering of a rejected value (never the whole of a huge field)."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} characters)"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def unencodable(text: str) -> bool:
+    """True for text with lone UTF-16 surrogates (valid JSON, not valid Unicode text)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text_is_unicode(cls, value: Any) -> Any:
+        if isinstance(value, str) and unencodable(value):
+            raise ValueError("text contains a lone UTF-16 surrogate (not valid Unicode)")
+        return value
 
 
 class VideoRequest(_Body):
@@ -25,9 +52,11 @@ class VideoRequest(_Body):
     fps: int | None = Field(None, ge=1, description="default serve.default_fps, at most serve.max_fps")
     width: int | None = Field(None, ge=8, description="default serve.default_width, at most serve.max_width")
     height: int | None = Field(None, ge=8, description="default serve.default_height, at most serve.max_height")
-    seed: int = 0
-    steps: int | None = Field(None, ge=1, description="sampler steps; default diffusion.sample_steps")
-    guidance: float | None = Field(None, ge=1.0, description="classifier-free guidance; default diffusion.guidance")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    steps: int | None = Field(None, ge=1, description="sampler steps; default diffusion.sample_steps, at most "
+                              "serve.max_steps and diffusion.train_timesteps")
+    guidance: float | None = Field(None, ge=1.0, description="classifier-free guidance; default diffusion.guidance, "
+                                   "at most serve.max_guidance")
     deadline_s: float | None = Field(None, gt=0, description="answer 504 after this; default serve.standard_deadline_s")
 
 
@@ -42,18 +71,19 @@ class EmergencyRequest(_Body):
 
 
 def _error(field: str, message: str, value: Any) -> dict[str, Any]:
-    return {"type": "value_error", "loc": ["body", field], "msg": message, "input": value}
+    return {"type": "value_error", "loc": ["body", field], "msg": message, "input": excerpt(value)}
 
 
 def _too_long(field: str, value: str | None, limit: int) -> list[dict[str, Any]]:
     if value is not None and len(value) > limit:
-        return [_error(field, f"{field} is {len(value)} characters; at most {limit} allowed", value[:80])]
+        return [_error(field, f"{field} is {len(value)} characters; at most {limit} allowed", value)]
     return []
 
 
 def _language(value: str, cfg: Config) -> list[dict[str, Any]]:
     if value not in cfg.serve.languages:
-        return [_error("language", f"unknown language {value!r}; one of {', '.join(cfg.serve.languages)}", value)]
+        return [_error("language", f"unknown language {excerpt(value)!r}; one of {', '.join(cfg.serve.languages)}",
+                       value)]
     return []
 
 
@@ -68,7 +98,8 @@ def video_errors(req: VideoRequest, cfg: Config) -> list[dict[str, Any]]:
         ("fps", req.fps, s.max_fps),
         ("width", req.width, s.max_width),
         ("height", req.height, s.max_height),
-        ("steps", req.steps, s.max_steps),
+        ("steps", req.steps, min(s.max_steps, cfg.diffusion.train_timesteps)),
+        ("guidance", req.guidance, s.max_guidance),
         ("deadline_s", req.deadline_s, s.standard_deadline_s),
     )
     for name, value, limit in limits:
@@ -86,7 +117,7 @@ def emergency_errors(req: EmergencyRequest, cfg: Config, types: dict[str, int]) 
     s = cfg.serve
     errors = _language(req.language, cfg)
     if req.emergency_type not in types:
-        errors.append(_error("emergency_type", f"unknown emergency_type {req.emergency_type!r}; one of "
+        errors.append(_error("emergency_type", f"unknown emergency_type {excerpt(req.emergency_type)!r}; one of "
                                                f"{', '.join(sorted(types))}", req.emergency_type))
     elif req.variation is not None and req.variation >= types[req.emergency_type]:
         errors.append(_error("variation", f"variation must be < {types[req.emergency_type]}", req.variation))
