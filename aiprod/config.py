@@ -161,6 +161,11 @@ class DataConfig(Section):
     read_workers: int = Field(2, ge=1, description="concurrent shard-reading tasks in Ray Data")
     decode_batch_size: int = Field(4, ge=1, description="clips per decode call (map_batches)")
     bad_keys_reported: int = Field(5, ge=1, description="bad sample keys named in the error")
+    latents: str | None = Field(None, description="latent cache dir or s3:// prefix (jobs/encode_latents.py) "
+                                "that denoiser phases read instead of decoding and encoding video")
+    latent_windows: int = Field(1, ge=1, description="clip windows a latent cache encodes per clip")
+    latent_memory_mb: float = Field(1024.0, ge=0, description="a training worker whose share of a latent cache "
+                                    "fits under this keeps it in memory after one pass (0 = always stream)")
 
 
 # ------------------------------------------------------------------------- curriculum
@@ -244,6 +249,8 @@ class TrainConfig(Section):
     contact_sheet_frames: int = Field(8, ge=1, description="frames per phase-end contact sheet")
     demo_clips: int = Field(200, ge=8, description="--demo: synthetic clips built when --data is not given")
     probe_draws: int = Field(4, ge=1, description="fixed noise draws averaged in the phase start/end probe loss")
+    cache_latents: bool = Field(False, description="after the VAE phases, encode the denoiser phases' clips "
+                                "once into RUN/latents (reused when it matches) and train the denoiser from it")
 
 
 class CheckpointConfig(Section):

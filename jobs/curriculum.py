@@ -4,6 +4,8 @@
     python jobs/curriculum.py --preset cluster --data s3://bucket/shards --storage s3://bucket/runs \
         --run-name r1 train.zero_stage=3 curriculum.phases.3.lr=5e-5
     python jobs/curriculum.py --run-name r1 --storage s3://bucket/runs --resume
+    python jobs/curriculum.py --preset learn --data DIR --run-name r2 --latents out/latents/r1 \
+        --start-phase 1 train.init_from=out/runs/r1/final
     ray job submit --working-dir . -- python jobs/curriculum.py --preset cluster ...
 
 Starts a local Ray, or joins the one at RAY_ADDRESS / a running local cluster (`--ray-address`).
@@ -30,6 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     add_config_arguments(p)
     p.add_argument("--data", help="shard dir or s3:// prefix holding index.json (default: data.uri)")
+    p.add_argument("--latents", help="latent cache (jobs/encode_latents.py) the denoiser phases read "
+                   "(default: data.latents)")
     p.add_argument("--storage", help="run outputs root, local or s3:// (default: train.storage)")
     p.add_argument("--run-name", help="run directory name under --storage")
     p.add_argument("--start-phase", type=int, default=0)
@@ -67,7 +71,8 @@ def load(args: argparse.Namespace):
         raise ConfigError("config: no data: pass --data URI or set data.uri")
     opts = RunOptions(data=data, storage=args.storage or cfg.train.storage, run_name=run_name,
                       start_phase=args.start_phase, end_phase=args.end_phase, resume=args.resume,
-                      resume_phase=args.resume_phase, workers=args.workers, replace=args.demo and not args.resume)
+                      resume_phase=args.resume_phase, workers=args.workers, replace=args.demo and not args.resume,
+                      latents=args.latents)
     return cfg, opts
 
 
@@ -100,12 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.demo and args.data is None:
         build_demo_shards(cfg, opts.data)
+    from aiprod.data.latent_cache import LatentCacheError
     from aiprod.training.runner import RunExistsError, run_curriculum
 
     init_ray(cpus_needed(cfg), args.ray_address)
     try:
         summary = run_curriculum(cfg, opts)
-    except (ConfigError, RunExistsError, FileNotFoundError) as exc:
+    except (ConfigError, RunExistsError, FileNotFoundError, LatentCacheError) as exc:
         print(exc, file=sys.stderr)
         return 2
     last = summary["phases"][-1] if summary["phases"] else {}

@@ -90,6 +90,7 @@ class _ShardRows:
 
     def __init__(self, uri: str, phase: PhaseConfig, data: DataConfig, seed: int):
         self.uri = uri
+        self.shard = uri.rstrip("/").rsplit("/", 1)[-1]
         self.levels = set(phase.levels)
         self.frames, self.fps = phase.frames, phase.fps
         self.untagged_all_phases = data.untagged_all_phases
@@ -100,7 +101,7 @@ class _ShardRows:
     def _row(self, key: str, parts: dict[str, bytes]) -> dict[str, Any] | None:
         """A row for the decoder, None when filtered out; unusable samples carry `error`."""
         row = {"key": key, "mp4": parts.get("mp4", b""), "caption": "", "language": "", "level": UNTAGGED,
-               "error": ""}
+               "shard": self.shard, "error": ""}
         try:
             meta = json.loads(parts["json"].decode("utf-8"))
             levels = [int(v) for v in meta.get("levels") or ([meta["level"]] if meta.get("level") else [])]
@@ -157,7 +158,8 @@ class _ShardRows:
 
 
 ROW_SCHEMA = pa.schema([("key", pa.string()), ("mp4", pa.binary()), ("caption", pa.string()),
-                        ("language", pa.string()), ("level", pa.int32()), ("error", pa.string())])
+                        ("language", pa.string()), ("level", pa.int32()), ("shard", pa.string()),
+                        ("error", pa.string())])
 
 
 def _datasource(shard_list: list[tuple[str, dict[str, Any]]], phase: PhaseConfig, data: DataConfig):
@@ -254,15 +256,20 @@ def bad_sample_stats(dataset) -> dict[str, Any]:
 
 
 class DecodeClips:
-    """map_batches UDF: mp4 bytes -> frames of exactly (T, H, W); bad samples dropped and counted."""
+    """map_batches UDF: mp4 bytes -> frames of exactly (T, H, W); bad samples dropped and counted.
 
-    def __init__(self, phase: PhaseConfig, data: DataConfig, counter: Any, dataset_id: str, expected: int):
+    `windows` > 1 (latent caches) decodes that many windows of each clip, each from a seed of its
+    own; window 0 is the one training online decodes."""
+
+    def __init__(self, phase: PhaseConfig, data: DataConfig, counter: Any, dataset_id: str, expected: int,
+                 windows: int = 1):
         self.phase, self.data, self.counter, self.dataset_id = phase, data, counter, dataset_id
         self.limits = (data.max_bad_fraction, expected, data.bad_keys_reported)
+        self.windows = windows
 
-    def _decode(self, key: str, mp4: bytes) -> np.ndarray:
+    def _decode(self, key: str, mp4: bytes, window: int = 0) -> np.ndarray:
         phase, data = self.phase, self.data
-        seed = zlib.crc32(f"{data.seed}:{key}".encode())
+        seed = zlib.crc32(f"{data.seed}:{key}".encode() if window == 0 else f"{data.seed}:{key}:{window}".encode())
         return video.decode_clip(mp4, phase.frames, phase.fps, phase.height, phase.width, start=data.start,
                                  seed=seed, threads=data.decode_threads, timeout_s=data.clip_timeout_s, name=key)
 
@@ -271,14 +278,17 @@ class DecodeClips:
 
         keep: list[int] = []
         clips: list[np.ndarray] = []
+        windows: list[int] = []
         bad: list[tuple[str, str]] = []
         for i, key in enumerate(batch["key"]):
             key = str(key)
             error = str(batch["error"][i])
             if not error:
                 try:
-                    clips.append(self._decode(key, bytes(batch["mp4"][i])))
-                    keep.append(i)
+                    decoded = [self._decode(key, bytes(batch["mp4"][i]), w) for w in range(self.windows)]
+                    clips.extend(decoded)
+                    keep.extend([i] * len(decoded))
+                    windows.extend(range(len(decoded)))
                     continue
                 except video.VideoError as exc:
                     error = f"{type(exc).__name__}: {exc}"
@@ -296,6 +306,8 @@ class DecodeClips:
             "caption": np.asarray([str(batch["caption"][i]) for i in keep], dtype=object),
             "language": np.asarray([str(batch["language"][i]) for i in keep], dtype=object),
             "level": np.asarray([int(batch["level"][i]) for i in keep], dtype=np.int32),
+            "shard": np.asarray([str(batch["shard"][i]) for i in keep], dtype=object),
+            "window": np.asarray(windows, dtype=np.int32),
         }
 
 
@@ -306,8 +318,10 @@ def _decode_batch(batch: dict[str, np.ndarray], decode: DecodeClips) -> dict[str
 # ----------------------------------------------------------------------------- the dataset
 
 
-def build_phase_dataset(data_uri: str, phase: PhaseConfig, data: DataConfig, split: str = "train"):
-    """A streaming ray.data.Dataset of the phase's clips: rows {key, frames, caption, language, level}.
+def build_phase_dataset(data_uri: str, phase: PhaseConfig, data: DataConfig, split: str = "train",
+                        windows: int = 1, shard_list: list[tuple[str, dict[str, Any]]] | None = None):
+    """A streaming ray.data.Dataset of the phase's clips: rows {key, frames, caption, language, level,
+    shard, window} (`windows` per clip; `shard_list` narrows the read to those shards).
 
     Nothing is read until the dataset is iterated. Its bad samples are counted by this process's
     counter actor under an id of its own: see `bad_sample_stats(dataset)`.
@@ -316,7 +330,7 @@ def build_phase_dataset(data_uri: str, phase: PhaseConfig, data: DataConfig, spl
     import ray.data
 
     data_uri = str(data_uri).rstrip("/")
-    shard_list = phase_shards(data_uri, phase, data, split)
+    shard_list = phase_shards(data_uri, phase, data, split) if shard_list is None else list(shard_list)
     if not shard_list:
         raise ValueError(f"no {split} shards in {data_uri} hold samples for phase '{phase.name}' "
                          f"(levels {phase.levels}, data.untagged_all_phases={data.untagged_all_phases})")
@@ -330,7 +344,7 @@ def build_phase_dataset(data_uri: str, phase: PhaseConfig, data: DataConfig, spl
                                   override_num_blocks=len(shard_list))
     # Tasks rather than an actor pool: Ray reuses idle worker processes across tasks and epochs,
     # where every execution of an actor pool would start fresh processes.
-    decode = DecodeClips(phase, data, counter, dataset_id, expected)
+    decode = DecodeClips(phase, data, counter, dataset_id, expected, windows)
     ds = ds.map_batches(_decode_batch, fn_args=(decode,), batch_size=data.decode_batch_size,
                         batch_format="numpy", compute=ray.data.TaskPoolStrategy(size=data.decode_workers),
                         zero_copy_batch=True)
@@ -345,6 +359,10 @@ def to_model_batch(batch: dict[str, Any]) -> dict[str, Any]:
     """
     import torch
 
+    if "latent" in batch:  # a latent cache's rows (aiprod.data.latent_cache)
+        latents = batch["latent"]
+        latents = latents if isinstance(latents, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(latents))
+        return {"latents": latents.float(), **_labels(batch)}
     frames = batch["frames"]
     frames = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
     if frames.dtype != torch.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
@@ -352,13 +370,18 @@ def to_model_batch(batch: dict[str, Any]) -> dict[str, Any]:
                          f"{tuple(frames.shape)}")
     video_batch = frames.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0).contiguous()
 
+    return {"video": video_batch, **_labels(batch)}
+
+
+def _labels(batch: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
     def strings(name: str) -> list[str]:
         values = batch.get(name)
         return [] if values is None else [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
     level = batch.get("level")
     return {
-        "video": video_batch,
         "caption": strings("caption"),
         "language": strings("language"),
         "key": strings("key"),

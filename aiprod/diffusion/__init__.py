@@ -4,7 +4,7 @@
 """
 
 from aiprod.diffusion.latents import decode_latents, encode_latents
-from aiprod.diffusion.loss import diffusion_loss, drop_captions
+from aiprod.diffusion.loss import diffusion_loss, drop_captions, latent_diffusion_loss
 from aiprod.diffusion.noise import decomposed_noise
 from aiprod.diffusion.sampler import TextCondition, ddim_sample, emergency_sample, sample
 from aiprod.diffusion.schedule import NoiseSchedule
@@ -16,6 +16,7 @@ __all__ = [
     "decode_latents",
     "decomposed_noise",
     "diffusion_loss",
+    "latent_diffusion_loss",
     "drop_captions",
     "emergency_sample",
     "encode_latents",

@@ -45,9 +45,24 @@ def diffusion_loss(
     draws (for tests and validation at fixed noise levels); by default both are sampled."""
     if video.ndim != 5 or video.shape[1] != 3:
         raise ValueError(f"diffusion_loss: video must be [B, 3, T, H, W] in [-1, 1], got {tuple(video.shape)}")
-    if len(captions) != video.shape[0]:
-        raise ValueError(f"diffusion_loss: {len(captions)} captions for a batch of {video.shape[0]} videos")
     latents = encode_latents(model.vae, video, cfg.latents, generator)
+    return latent_diffusion_loss(model, latents, captions, schedule, cfg, generator, timesteps=timesteps, noise=noise)
+
+
+def latent_diffusion_loss(
+    model: VideoModel,
+    latents: torch.Tensor,
+    captions: list[str],
+    schedule: NoiseSchedule,
+    cfg: DiffusionConfig,
+    generator: torch.Generator | None = None,
+    *,
+    timesteps: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`diffusion_loss` from normalised latents [B, C, t, h, w] (a latent cache's rows)."""
+    if len(captions) != latents.shape[0]:
+        raise ValueError(f"diffusion_loss: {len(captions)} captions for a batch of {latents.shape[0]} clips")
     batch, device = latents.shape[0], latents.device
     text, mask = model.text.encode(drop_captions(captions, cfg.caption_dropout, generator), device)
     if noise is None:

@@ -16,6 +16,7 @@ data, with the step counter, optimizer, LR schedule and RNG states of its checkp
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import signal
 import sys
@@ -53,15 +54,17 @@ class Rollback(Exception):
 
 
 class PhaseModule(nn.Module):
-    """What the engine trains in one phase; forward(video, captions, generator) -> (loss, parts).
+    """What the engine trains in one phase; forward(inputs, captions, generator) -> (loss, parts),
+    inputs: video, or with `from_latents` a latent cache's normalised latents.
 
     Children are named as in VideoModel, so its state_dict keys are VideoModel keys. The full
     model and the loss helpers are hidden from nn.Module so ZeRO never sees the frozen parts."""
 
-    def __init__(self, model: nn.Module, phase: PhaseConfig, cfg: Config):
+    def __init__(self, model: nn.Module, phase: PhaseConfig, cfg: Config, from_latents: bool = False):
         super().__init__()
         object.__setattr__(self, "_model", model)
         self.component = phase.component
+        self.from_latents = from_latents
         self._diffusion_cfg = cfg.diffusion
         if phase.component == "vae":
             self.vae = model.vae
@@ -73,14 +76,14 @@ class PhaseModule(nn.Module):
             self.text = model.text
             object.__setattr__(self, "_schedule", NoiseSchedule(cfg.diffusion))
 
-    def forward(self, video: torch.Tensor, captions: list[str], generator: torch.Generator | None
+    def forward(self, inputs: torch.Tensor, captions: list[str], generator: torch.Generator | None
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         if self.component == "vae":
-            return self._vae_loss(self.vae, video, generator)
-        from aiprod.diffusion import diffusion_loss
+            return self._vae_loss(self.vae, inputs, generator)
+        from aiprod.diffusion import diffusion_loss, latent_diffusion_loss
 
-        loss = diffusion_loss(self._model, video, captions, self._schedule, self._diffusion_cfg, generator)
-        return loss, {}
+        loss_fn = latent_diffusion_loss if self.from_latents else diffusion_loss
+        return loss_fn(self._model, inputs, captions, self._schedule, self._diffusion_cfg, generator), {}
 
 
 def set_trainable(model: nn.Module, component: str) -> None:
@@ -158,6 +161,10 @@ class Worker:
         self.carry_uri: str | None = None  # the phase-end checkpoint whose optimizer state the next phase keeps
         self.probe: dict[str, Any] | None = None  # the phase's probe batch (its first)
         self.prefetched: tuple[int, threading.Thread, dict[str, Any]] | None = None
+        # {"uri", "index", "phases"}: denoiser phases that train from a latent cache (runner.latent_plan)
+        self.latents: dict[str, Any] | None = config.get("latents")
+        self.held: dict[int, tuple[torch.Tensor, list[str]]] = {}  # cached phases' latents, once read whole
+        self.passes: dict[int, int] = {}
 
     # ------------------------------------------------------------------ model / state
 
@@ -227,7 +234,8 @@ class Worker:
             ckpt.load_rng(local, self.rank, self.generator)
             record = ckpt.load_probe(local, self.rank) if mid_phase else None
         if record is not None:
-            self.probe = {"video": record["video_u8"].float().div(127.5).sub(1.0), "caption": record["caption"]}
+            self.probe = ({"latents": record["latents"].float(), "caption": record["caption"]} if "latents" in record
+                          else {"video": record["video_u8"].float().div(127.5).sub(1.0), "caption": record["caption"]})
         self._say(f"resuming from {uri} (phase {self.cur.current}, global step {self.cur.global_step})")
         self._log({"event": "resumed", "from": uri.rstrip("/").rsplit("/", 1)[-1], "phase": self.cur.current})
 
@@ -251,10 +259,35 @@ class Worker:
 
         from aiprod.data.dataset import to_model_batch
 
-        shard = ray.train.get_dataset_shard(f"phase{phase_index}")
         phase = self.cfg.curriculum.phases[phase_index]
+        if phase_index in self.held:
+            yield from self.held_batches(phase_index, phase.batch_size)
+            return
+        shard = ray.train.get_dataset_shard(f"phase{phase_index}")
+        hold = self.from_cache(phase_index) and self.cache_fits_in_memory()
+        kept = []
         for batch in shard.iter_batches(batch_size=phase.batch_size, batch_format="numpy", drop_last=True):
-            yield to_model_batch(batch)
+            batch = to_model_batch(batch)
+            if hold:
+                kept.append(batch)
+            yield batch
+        if hold and kept:  # a whole pass: later passes reshuffle it in memory, without Ray Data
+            self.held[phase_index] = (torch.cat([b["latents"] for b in kept]), [c for b in kept for c in b["caption"]])
+
+    def cache_fits_in_memory(self) -> bool:
+        """Whether this rank's share of the latent cache fits under data.latent_memory_mb (float32)."""
+        counts, shape = self.latents["index"]["counts"], self.latents["index"]["latent_shape"]
+        per_rank = counts["clips"] / self.world * 4 * math.prod(shape)
+        return per_rank <= self.cfg.data.latent_memory_mb * 2**20
+
+    def held_batches(self, phase_index: int, batch_size: int):
+        latents, captions = self.held[phase_index]
+        self.passes[phase_index] = self.passes.get(phase_index, 0) + 1
+        seed = self.cfg.data.seed * 1_000_003 + self.rank * 1009 + self.passes[phase_index]
+        order = torch.randperm(len(latents), generator=torch.Generator().manual_seed(seed))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            take = order[start:start + batch_size]
+            yield {"latents": latents[take], "caption": [captions[i] for i in take.tolist()]}
 
     def prefetch_first_batch(self, phase_index: int) -> None:
         """Start a phase's first pass and fetch its first batch in a thread.
@@ -312,6 +345,24 @@ class Worker:
     def _video(self, batch: dict[str, Any]) -> torch.Tensor:
         return batch["video"].to(self.device, non_blocking=True)
 
+    def _inputs(self, batch: dict[str, Any]) -> torch.Tensor:
+        """What the phase module trains on: a latent cache's latents, else the decoded video."""
+        return batch["latents"].to(self.device) if "latents" in batch else self._video(batch)
+
+    def from_cache(self, phase_index: int) -> bool:
+        return self.latents is not None and phase_index in self.latents["phases"]
+
+    def use_latent_cache(self) -> None:
+        """Check that the run's VAE made the cache, then take the statistics it was normalised with."""
+        from aiprod.data import latent_cache as lc
+
+        uri, index = self.latents["uri"], self.latents["index"]
+        sha = lc.vae_fingerprint(self.model.vae.state_dict())
+        if sha != index["vae_sha256"]:
+            raise lc.LatentCacheMismatch(lc.mismatch_message(uri, index["vae_sha256"], sha))
+        lc.apply_stats(self.model.vae, index, uri)
+        self._say(f"denoiser phases train from the latent cache {uri} ({index['counts']['clips']} clips)")
+
     # ----------------------------------------------------------------------- the loop
 
     def run(self) -> None:
@@ -332,7 +383,7 @@ class Worker:
         draws, averaged over draws and ranks: the same measurement at phase start and end."""
         draws = self.cfg.train.probe_draws
         total = 0.0
-        video, captions = self._video(batch), list(batch["caption"])
+        video, captions = self._inputs(batch), list(batch["caption"])
         with torch.no_grad(), autocast(self.precision, self.device):
             for draw in range(draws):
                 seed = self.cfg.train.seed + PROBE_SEED_OFFSET + draw
@@ -347,9 +398,11 @@ class Worker:
         set_trainable(self.model, phase.component)
         if phase.component == "vae" and prog.step == 0:
             self.model.vae.reset_latent_stats()  # measured again once this VAE is trained
+        elif self.from_cache(i):
+            self.use_latent_cache()
         elif phase.component == "denoiser" and not self.model.vae.calibrated:
             self.measure_latent_stats(i)
-        module = PhaseModule(self.model, phase, self.cfg)
+        module = PhaseModule(self.model, phase, self.cfg, from_latents=self.from_cache(i))
         self.phase_engine = build_engine(module, self.cfg.train, phase, self.world, prog.planned_steps, prog.lr_scale)
         engine = self.phase_engine.engine
         if self.resume_uri is not None:
@@ -383,7 +436,7 @@ class Worker:
                 if self.probe is None:
                     self.probe = batch
                     prog.probe_start = self.probe_loss(module, batch)
-                video, captions = self._video(batch), list(batch["caption"])
+                video, captions = self._inputs(batch), list(batch["caption"])
                 with autocast(self.precision, self.device):
                     loss, parts = engine(video, captions, self.generator)
                 value, prog.running_s = (v / self.world for v in _all_reduce([float(loss.detach()),
@@ -516,7 +569,9 @@ class Worker:
         metrics = {"global_step": self.cur.global_step, "phase": self.cur.current, "why": why, "loss": last_loss}
         with tempfile.TemporaryDirectory(prefix="aiprod-ckpt-") as tmp:
             probe = None
-            if why == "interval" and self.probe is not None:
+            if why == "interval" and self.probe is not None and "latents" in self.probe:
+                probe = {"latents": self.probe["latents"].float().cpu(), "caption": list(self.probe["caption"])}
+            elif why == "interval" and self.probe is not None:
                 video_u8 = (self.probe["video"].float() + 1).mul(127.5).round().to(torch.uint8).cpu()
                 probe = {"video_u8": video_u8, "caption": list(self.probe["caption"])}
             ckpt.write_checkpoint(Path(tmp), engine, full_state, self.state(), self.config_yaml, self.generator,
@@ -639,7 +694,10 @@ class Worker:
         if self.rank == 0:
             from aiprod.diffusion.pipeline import VideoPipeline
 
-            last = self.cfg.curriculum.phases[self.cur.end]
+            # the sample takes the shape of the last denoiser phase run; a run that trained no denoiser has none
+            trained = [i for i in range(self.cur.start, self.cur.end + 1)
+                       if self.cur.phases[i].component == "denoiser" and self.cur.phases[i].step > 0]
+            last = self.cfg.curriculum.phases[trained[-1]] if trained else None
             self.model.eval()
             pipeline = VideoPipeline(self.cfg, self.model)
             final = storage.join(self.run_uri, FINAL_DIR)
@@ -650,12 +708,13 @@ class Worker:
                     storage.upload_dir(Path(tmp) / FINAL_DIR, final)
             else:
                 pipeline.save_pretrained(final)  # written beside it, renamed into place
-            with torch.no_grad():
-                frames = pipeline.generate(
-                    self.cfg.train.sample_prompt, language="en", seconds=(last.frames - 1) / last.fps, fps=last.fps,
-                    height=last.height, width=last.width, seed=self.cfg.train.seed,
-                    steps=self.cfg.diffusion.sample_steps, guidance=self.cfg.diffusion.guidance)
-            self.write_video(frames, "samples/final", last.fps)
+            if last is not None:
+                with torch.no_grad():
+                    frames = pipeline.generate(
+                        self.cfg.train.sample_prompt, language="en", seconds=(last.frames - 1) / last.fps,
+                        fps=last.fps, height=last.height, width=last.width, seed=self.cfg.train.seed,
+                        steps=self.cfg.diffusion.sample_steps, guidance=self.cfg.diffusion.guidance)
+                self.write_video(frames, "samples/final", last.fps)
             self.write_summary(finished=True)
             self._say(f"final model: {storage.join(self.run_uri, FINAL_DIR)}")
             self.logger.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ class RunOptions:
     resume_phase: int | None = None
     workers: str | int = "auto"
     replace: bool = False  # delete an existing run of the same name first (demo runs)
+    latents: str | None = None  # a latent cache the denoiser phases read (default data.latents)
 
 
 def run_uri(opts: RunOptions) -> str:
@@ -180,19 +182,17 @@ def steps_per_epoch(data_uri: str, cfg: Config, world: int, active: range) -> di
 
 def run_curriculum(cfg: Config, opts: RunOptions, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Run (or resume) the curriculum; returns the run's summary.json. `callbacks`: Ray Train
-    callbacks for the run (the tune search judges each reported checkpoint with one)."""
-    import ray
-    import ray.data
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    callbacks for the run (the tune search judges each reported checkpoint with one).
 
-    from aiprod.data.dataset import build_phase_dataset
-    from aiprod.training.loop import SUMMARY_FILE, train_loop_per_worker
-
+    With a latent cache the denoiser phases read it instead of video: `--latents`/`data.latents`
+    names one made before; `train.cache_latents` trains the VAE phases, encodes RUN/latents with
+    that VAE (reused when it matches) and then trains the denoiser phases in a second worker group."""
     opts = replace(opts, data=storage.absolute(opts.data))
     uri = run_uri(opts)
     cfg, plan = plan_workers(cfg, opts.workers)
     check_config(cfg, opts, plan)
+    end = len(cfg.curriculum.phases) - 1 if opts.end_phase is None else opts.end_phase
+    latents = given_cache(cfg, opts, uri, end)
     exists = run_exists(uri)
     if exists and not opts.resume:
         if not opts.replace:
@@ -205,18 +205,116 @@ def run_curriculum(cfg: Config, opts: RunOptions, callbacks: Sequence[Any] = ())
     if not opts.resume or not exists:
         cfg.data.uri = opts.data  # recorded, so `--resume` finds the run's data by itself
         storage.write_text_atomic(storage.join(uri, RUN_CONFIG), cfg.to_yaml())
+    if cfg.train.cache_latents and cache_phases(cfg, opts.start_phase, end):
+        vae_end = max((i for i in range(opts.start_phase, end + 1)
+                       if cfg.curriculum.phases[i].component == "vae"), default=None)
+        if vae_end is not None and not phase_done(uri, vae_end):
+            _fit(cfg, opts, uri, plan, vae_end, None, callbacks)
+            opts = replace(opts, resume=True, resume_phase=None)
+        latents = build_run_cache(cfg, opts, uri, end, plan)
+    return _fit(cfg, opts, uri, plan, end, latents, callbacks)
 
-    end = len(cfg.curriculum.phases) - 1 if opts.end_phase is None else opts.end_phase
+
+LATENT_CACHE_DIR = "latents"  # RUN/latents: the cache train.cache_latents builds
+
+
+def cache_phases(cfg: Config, first: int, last: int) -> list[int]:
+    return [i for i in range(first, last + 1) if cfg.curriculum.phases[i].component == "denoiser"]
+
+
+def phase_done(uri: str, phase: int) -> bool:
+    """Whether the run's newest good checkpoint is past `phase`."""
+    found = ckpt.find_latest_good(uri, verify=False)
+    return found is not None and found.state["curriculum"]["current"] > phase
+
+
+def run_vae_fingerprint(cfg: Config, opts: RunOptions, uri: str) -> str | None:
+    """The fingerprint of the VAE the run's denoiser phases will use, when it is known before they start:
+    its newest checkpoint's (a resumed run) or train.init_from's."""
+    from aiprod.data.latent_cache import vae_fingerprint
+
+    found = ckpt.find_latest_good(uri, verify=False) if run_exists(uri) else None
+    source = found.uri if found is not None else cfg.train.init_from
+    return vae_fingerprint(ckpt.load_weights(source)) if source else None
+
+
+def given_cache(cfg: Config, opts: RunOptions, uri: str, end: int) -> dict[str, Any] | None:
+    """The `--latents`/`data.latents` cache the run's denoiser phases read, checked; None without one."""
+    from aiprod.data import latent_cache as lc
+
+    source = opts.latents or cfg.data.latents
+    if source is None:
+        return None
+    phases = cache_phases(cfg, opts.start_phase, end)
+    problems = []
+    if cfg.train.cache_latents:
+        problems.append("data.latents and train.cache_latents are both set: a run reads a given cache or builds "
+                        "its own, not both")
+    if any(cfg.curriculum.phases[i].component == "vae" for i in range(opts.start_phase, end + 1)):
+        problems.append(f"data.latents={source}: a VAE phase runs in phases {opts.start_phase}..{end}, so the "
+                        "cache could not match the VAE the denoiser phases get; use train.cache_latents=true, "
+                        "or --start-phase past the VAE phases with train.init_from")
+    sha = None if problems else run_vae_fingerprint(cfg, opts, uri)
+    if not problems and sha is None:
+        problems.append(f"data.latents={source}: the run has no trained VAE to check the cache against; set "
+                        "train.init_from to the weights the cache was encoded with")
+    problems += lc.check_cache(source, sha, [(i, cfg.curriculum.phases[i]) for i in phases], cfg.diffusion.latents)
+    if problems:
+        raise ConfigError("\n".join(f"config: {p}" for p in problems))
+    return _cache_plan(str(source).rstrip("/"), lc.read_index(source), phases)
+
+
+def build_run_cache(cfg: Config, opts: RunOptions, uri: str, end: int, plan: WorkerPlan) -> dict[str, Any]:
+    """train.cache_latents: RUN/latents encoded by the VAE the denoiser phases start from."""
+    from aiprod.data.latent_encode import encode_cache
+
+    found = ckpt.find_latest_good(uri, verify=cfg.checkpoint.verify) if run_exists(uri) else None
+    weights = found.uri if found is not None else cfg.train.init_from
+    if weights is None:
+        raise ConfigError("config: train.cache_latents: no VAE phase ran and train.init_from is not set: "
+                          "there is no trained VAE to encode the cache with")
+    if cfg.diffusion.latents != "mean":
+        raise ConfigError(f"config: train.cache_latents: diffusion.latents={cfg.diffusion.latents!r}; a latent "
+                          "cache holds posterior means (diffusion.latents=mean)")
+    phases = cache_phases(cfg, opts.start_phase, end)
+    target = storage.join(uri, LATENT_CACHE_DIR)
+    print(f"latent cache: encoding the denoiser phases' clips with the VAE of {weights} -> {target}", flush=True)
+    index = encode_cache(opts.data, weights, target, [cfg.curriculum.phases[i] for i in phases], cfg.data,
+                         windows=cfg.data.latent_windows, use_gpu=plan.use_gpu)
+    return _cache_plan(target, index, phases)
+
+
+def _cache_plan(uri: str, index: dict[str, Any], phases: list[int]) -> dict[str, Any]:
+    """What the workers get: the cache, the phases that read it, and what they check it against."""
+    shape = max((b["latent_shape"] for b in index["buckets"].values()), key=math.prod)
+    return {"uri": uri, "phases": phases,
+            "index": {**{k: index[k] for k in ("vae_sha256", "latent", "counts")}, "latent_shape": shape}}
+
+
+def _fit(cfg: Config, opts: RunOptions, uri: str, plan: WorkerPlan, end: int, latents: dict[str, Any] | None,
+         callbacks: Sequence[Any]) -> dict[str, Any]:
+    """One TorchTrainer over phases start..end (continuing from the run's newest checkpoint)."""
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from aiprod.data.dataset import build_phase_dataset
+    from aiprod.data.latent_cache import build_latent_dataset
+    from aiprod.training.loop import SUMMARY_FILE, train_loop_per_worker
+
     active = range(opts.start_phase, end + 1)
     # Our progress line reports throughput; Ray Data's per-dataset bars would drown it.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets = {f"phase{i}": build_phase_dataset(opts.data, cfg.curriculum.phases[i], cfg.data, "train")
+    cached = set(latents["phases"]) if latents else set()
+    datasets = {f"phase{i}": (build_latent_dataset(latents["uri"], cfg.curriculum.phases[i], cfg.data) if i in cached
+                              else build_phase_dataset(opts.data, cfg.curriculum.phases[i], cfg.data, "train"))
                 for i in active}
     loop_config = {
         "config": cfg.to_dict(), "run_uri": uri, "session": uuid.uuid4().hex[:12],
         "start_phase": opts.start_phase, "end_phase": end, "resume_phase": opts.resume_phase,
         "steps_per_epoch": {str(k): v for k, v in steps_per_epoch(opts.data, cfg, plan.num_workers, active).items()},
-        "faults": fault_injection(),
+        "faults": fault_injection(), "latents": latents,
     }
     if storage.is_s3(uri):
         storage_path, filesystem = opts.storage[len("s3://"):].rstrip("/"), storage.s3_filesystem()
