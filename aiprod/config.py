@@ -249,8 +249,9 @@ class TrainConfig(Section):
     contact_sheet_frames: int = Field(8, ge=1, description="frames per phase-end contact sheet")
     demo_clips: int = Field(200, ge=8, description="--demo: synthetic clips built when --data is not given")
     probe_draws: int = Field(4, ge=1, description="fixed noise draws averaged in the phase start/end probe loss")
-    cache_latents: bool = Field(False, description="after the VAE phases, encode the denoiser phases' clips "
-                                "once into RUN/latents (reused when it matches) and train the denoiser from it")
+    cache_latents: bool = Field(False, description="after the VAE phases, encode the denoiser phases' clips once "
+                                "into RUN/latents (reused when it matches) and train the denoiser from it; a "
+                                "cache named by data.latents / --latents wins")
 
 
 class CheckpointConfig(Section):

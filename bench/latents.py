@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     encode_s = time.monotonic() - started
 
     overrides = [f"curriculum.phases.{index}.minutes={args.minutes}", f"curriculum.phases.{index}.steps=1000000",
-                 f"train.init_from={weights}", "checkpoint.every_steps=1000000", "train.progress_every_s=30"]
+                 f"train.init_from={weights}", "train.cache_latents=false", "checkpoint.every_steps=1000000",
+                 "train.progress_every_s=30"]
     rates = {}
     for name, latents in (("online", None), ("cache", cache)):
         run_cfg = load_config(args.preset, overrides)

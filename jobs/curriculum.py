@@ -54,13 +54,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load(args: argparse.Namespace):
-    from aiprod.training.runner import RunOptions, run_uri, stored_config
+    from aiprod.training.runner import RunOptions, check_run_name, run_uri, stored_config
 
     overrides = overrides_from_args(args)
     base = args.config or args.preset or ("tiny" if args.demo else None)
     run_name = args.run_name or ("demo" if args.demo else None)
     if not run_name:
         raise ConfigError("config: --run-name is required")
+    check_run_name(run_name)  # before Ray starts
     if args.resume and base is None:
         storage_root = args.storage or load_config("tiny").train.storage
         cfg = stored_config(run_uri(RunOptions(data="", storage=storage_root, run_name=run_name)), overrides)

@@ -110,6 +110,23 @@ def test_bad_samples_are_dropped_and_counted_then_fail_past_the_fraction(ray_clu
     assert BadSamplesError.__name__ in str(failure.value)
 
 
+def test_a_shard_whose_bytes_do_not_match_its_sha256_is_skipped_named_and_counted(ray_cluster, tmp_path):
+    good = [sample(f"good{i}", 1) for i in range(4)]
+    write_custom_shard(tmp_path / "s", good)
+    shard = tmp_path / "s" / "shard-000000.tar"
+    raw = bytearray(shard.read_bytes())
+    raw[100] ^= 0xFF  # inside the first member's tar header
+    shard.write_bytes(bytes(raw))
+    uri = str(tmp_path / "s")
+    tolerant = build_phase_dataset(uri, phase([1]), data_config(max_bad_fraction=1.0))
+    assert rows(tolerant) == []
+    stats = bad_sample_stats(tolerant)
+    assert stats["bad"] == 4 and stats["bad_keys"] == ["shard-000000.tar"]
+    strict = build_phase_dataset(uri, phase([1]), data_config(max_bad_fraction=0.1))
+    with pytest.raises(Exception, match=r"shard-000000.tar: sha256 does not match index.json"):
+        rows(strict)
+
+
 def test_untagged_and_too_short_videos_are_filtered_before_decoding(ray_cluster, tmp_path):
     clips = [sample("tagged3", 3), sample("untagged", None), sample("tagged1", 1),
              sample("short", None, frames=4, mp4=b"never decoded: filtered by length first")]

@@ -97,7 +97,7 @@ def test_a_run_with_latents_trains_from_a_given_cache_of_its_init_from_vae(train
     run, _ = trained_run
     summary = run_curriculum(load_config("learn", [*OVERRIDES, f"train.init_from={storage.join(run, 'final')}"]),
                              RunOptions(data=shards, storage=str(tmp_path), run_name="given", start_phase=1,
-                                        latents=storage.join(run, "latents")))
+                                        latents=storage.join(run, "latents")))  # wins over the preset's cache_latents
     assert [p["steps"] for p in summary["phases"]] == [4]
     assert not storage.exists(str(tmp_path / "given" / "latents"))  # nothing encoded again
 

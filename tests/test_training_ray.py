@@ -113,6 +113,26 @@ def test_bad_config_fails_before_any_worker_starts(ray_cluster, shards, tmp_path
     assert not (tmp_path / "bad2").exists()
 
 
+def test_a_corrupt_index_json_fails_the_preflight_and_writes_no_run_dir(ray_cluster, shards, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for shard in Path(shards).iterdir():
+        (data / shard.name).write_bytes(shard.read_bytes())
+    index = (data / "index.json").read_text()
+    (data / "index.json").write_text(index[: len(index) // 2])  # a torn write
+    with pytest.raises(ConfigError, match=r"--data: .*index.json: not valid JSON"):
+        run_curriculum(load_config("tiny"), RunOptions(data=str(data), storage=str(tmp_path), run_name="torn"))
+    assert not (tmp_path / "torn").exists()  # a retry under the same name is not blocked
+
+
+@pytest.mark.parametrize("name", ["a b", "x\n", "a\\b", "..", "-x", "a/b", ""])
+def test_run_names_are_checked_against_one_pattern_before_ray_starts(name, tmp_path, capsys):
+    cli = _load_cli()
+    code = cli.main(["--preset", "tiny", "--data", str(tmp_path), "--storage", str(tmp_path), f"--run-name={name}"])
+    assert code == 2 and "--run-name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_zero2_curriculum_survives_worker_kill_and_nan_rollback(ray_cluster, shards, tmp_path, monkeypatch):
     kill_at, nan_at = 15, 45  # kill: phase 0 after the step-10 checkpoint; NaN: phase 2, after step 40's
     monkeypatch.setenv("AIPROD_FAULT_KILL_AT_STEP", str(kill_at))

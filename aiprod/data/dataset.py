@@ -18,9 +18,12 @@ which stops the dataset and so the training workers iterating it.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import random
+import tarfile
 import uuid
 import zlib
 from collections import defaultdict
@@ -86,10 +89,18 @@ def eligible_samples(data_uri: str, phase: PhaseConfig, data: DataConfig, split:
 
 
 class _ShardRows:
-    """Reads one tar shard into Arrow blocks of filtered rows; runs inside a Ray read task."""
+    """Reads one tar shard into Arrow blocks of filtered rows; runs inside a Ray read task.
 
-    def __init__(self, uri: str, phase: PhaseConfig, data: DataConfig, seed: int):
+    The shard is read whole and its sha256 checked against index.json first (once per shard per
+    pass, on bytes read anyway); a shard that does not match or is not a readable tar is skipped,
+    named in the log, and its samples are counted as bad (`data.max_bad_fraction` applies)."""
+
+    def __init__(self, uri: str, record: dict[str, Any], phase: PhaseConfig, data: DataConfig, seed: int,
+                 counting: tuple[Any, str, tuple[float, int, int]] | None = None):
         self.uri = uri
+        self.record = record
+        self.counting = counting
+        self.eligible = _shard_eligible_count(record, set(phase.levels), data.untagged_all_phases)
         self.shard = uri.rstrip("/").rsplit("/", 1)[-1]
         self.levels = set(phase.levels)
         self.frames, self.fps = phase.frames, phase.fps
@@ -121,8 +132,20 @@ class _ShardRows:
             row["error"] = "no .mp4 member"
         return row
 
+    def _bad_shard(self, reason: str, read: int) -> Iterator[pa.Table]:
+        import ray
+
+        log.warning("skipping shard %s: %s", self.uri, reason)
+        if self.counting is None:
+            raise BadSamplesError(f"shard {self.uri}: {reason}")
+        counter, dataset_id, limits = self.counting
+        bad = [(self.shard, reason)] * max(1, self.eligible - read)
+        verdict = ray.get(counter.add.remote(dataset_id, limits, 0, bad))
+        if verdict:
+            raise BadSamplesError(verdict)
+        return iter(())
+
     def __call__(self) -> Iterator[pa.Table]:
-        fs, path = storage.open_fs(self.uri)
         rng = random.Random(self.seed)
         buffer: list[dict[str, Any]] = []
         block: list[dict[str, Any]] = []
@@ -134,8 +157,18 @@ class _ShardRows:
                 yield pa.Table.from_pylist(block, schema=ROW_SCHEMA)
             block, block_bytes = [], 0
 
-        with fs.open_input_stream(path) as stream:
-            for key, parts in shards.iter_tar_samples(stream):
+        try:
+            data = storage.read_bytes(self.uri)
+        except OSError as exc:
+            yield from self._bad_shard(f"unreadable ({exc})", 0)
+            return
+        if self.record.get("sha256") and hashlib.sha256(data).hexdigest() != self.record["sha256"]:
+            yield from self._bad_shard("sha256 does not match index.json (corrupt or replaced)", 0)
+            return
+        seen = 0
+        try:
+            for key, parts in shards.iter_tar_samples(io.BytesIO(data)):
+                seen += 1
                 row = self._row(key, parts)
                 if row is None:
                     continue
@@ -148,6 +181,8 @@ class _ShardRows:
                 block_bytes += len(out["mp4"])
                 if block_bytes >= READ_BLOCK_BYTES or len(block) >= self.block_rows:
                     yield from flush()
+        except (tarfile.TarError, EOFError) as exc:  # a shard without a sha256 in index.json
+            yield from self._bad_shard(f"not a readable tar after {seen} samples ({exc})", seen)
         rng.shuffle(buffer)
         for out in buffer:
             block.append(out)
@@ -162,7 +197,8 @@ ROW_SCHEMA = pa.schema([("key", pa.string()), ("mp4", pa.binary()), ("caption", 
                         ("error", pa.string())])
 
 
-def _datasource(shard_list: list[tuple[str, dict[str, Any]]], phase: PhaseConfig, data: DataConfig):
+def _datasource(shard_list: list[tuple[str, dict[str, Any]]], phase: PhaseConfig, data: DataConfig,
+                counting: tuple[Any, str, tuple[float, int, int]] | None = None):
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
@@ -181,7 +217,7 @@ def _datasource(shard_list: list[tuple[str, dict[str, Any]]], phase: PhaseConfig
             for i, (uri, record) in enumerate(shard_list):
                 meta = BlockMetadata(num_rows=None, size_bytes=int(record["bytes"]), exec_stats=None,
                                      input_files=[uri])
-                rows = _ShardRows(uri, phase, data, seed=data.seed * 1_000_003 + i)
+                rows = _ShardRows(uri, record, phase, data, seed=data.seed * 1_000_003 + i, counting=counting)
                 tasks.append(ReadTask(rows, meta, schema=ROW_SCHEMA, per_task_row_limit=per_task_row_limit))
             return tasks
 
@@ -215,7 +251,11 @@ def _counter_class():
             tally = self.tallies[dataset]
             tally["good"] += good
             tally["bad"] += len(bad)
-            tally["bad_keys"].extend(bad[: max(0, keys_reported - len(tally["bad_keys"]))])
+            for key, reason in bad:  # a skipped shard counts each of its samples under its own name, once
+                if len(tally["bad_keys"]) >= keys_reported:
+                    break
+                if all(key != named for named, _ in tally["bad_keys"]):
+                    tally["bad_keys"].append((key, reason))
             seen = tally["good"] + tally["bad"]
             allowed = max_fraction * max(seen, expected)
             if tally["bad"] > allowed:
@@ -340,7 +380,8 @@ def build_phase_dataset(data_uri: str, phase: PhaseConfig, data: DataConfig, spl
     dataset_id = uuid.uuid4().hex[:12]
     counter = _process_counter()
 
-    ds = ray.data.read_datasource(_datasource(shard_list, phase, data), concurrency=data.read_workers,
+    counting = (counter, dataset_id, (data.max_bad_fraction, expected, data.bad_keys_reported))
+    ds = ray.data.read_datasource(_datasource(shard_list, phase, data, counting), concurrency=data.read_workers,
                                   override_num_blocks=len(shard_list))
     # Tasks rather than an actor pool: Ray reuses idle worker processes across tasks and epochs,
     # where every execution of an actor pool would start fresh processes.
@@ -361,8 +402,8 @@ def to_model_batch(batch: dict[str, Any]) -> dict[str, Any]:
 
     if "latent" in batch:  # a latent cache's rows (aiprod.data.latent_cache)
         latents = batch["latent"]
-        latents = latents if isinstance(latents, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(latents))
-        return {"latents": latents.float(), **_labels(batch)}
+        latents = latents.float() if isinstance(latents, torch.Tensor) else torch.from_numpy(np.array(latents, np.float32))
+        return {"latents": latents, **_labels(batch)}
     frames = batch["frames"]
     frames = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
     if frames.dtype != torch.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:

@@ -15,13 +15,10 @@ data, with the step counter, optimizer, LR schedule and RNG states of its checkp
 
 from __future__ import annotations
 
-import itertools
-import math
 import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +31,7 @@ from torch import nn
 from aiprod import storage
 from aiprod.config import Config, PhaseConfig, validate
 from aiprod.training import checkpoint as ckpt
+from aiprod.training.batches import PhaseBatches
 from aiprod.training.curriculum import Curriculum, PhaseProgress, is_finite, planned_steps
 from aiprod.training.engine import (
     PhaseEngine, autocast, build_engine, destroy_engine, gathered_state_dict, worker_device,
@@ -160,11 +158,8 @@ class Worker:
         self.resume_uri: str | None = None
         self.carry_uri: str | None = None  # the phase-end checkpoint whose optimizer state the next phase keeps
         self.probe: dict[str, Any] | None = None  # the phase's probe batch (its first)
-        self.prefetched: tuple[int, threading.Thread, dict[str, Any]] | None = None
-        # {"uri", "index", "phases"}: denoiser phases that train from a latent cache (runner.latent_plan)
         self.latents: dict[str, Any] | None = config.get("latents")
-        self.held: dict[int, tuple[torch.Tensor, list[str]]] = {}  # cached phases' latents, once read whole
-        self.passes: dict[int, int] = {}
+        self.data = PhaseBatches(self.cfg, self.rank, self.world, self.latents)
 
     # ------------------------------------------------------------------ model / state
 
@@ -253,78 +248,12 @@ class Worker:
 
     # ------------------------------------------------------------------------ batches
 
-    def batches(self, phase_index: int):
-        """Model batches of this rank's shard for one pass; None marks the end of the pass."""
-        import ray.train
-
-        from aiprod.data.dataset import to_model_batch
-
-        phase = self.cfg.curriculum.phases[phase_index]
-        if phase_index in self.held:
-            yield from self.held_batches(phase_index, phase.batch_size)
-            return
-        shard = ray.train.get_dataset_shard(f"phase{phase_index}")
-        hold = self.from_cache(phase_index) and self.cache_fits_in_memory()
-        kept = []
-        for batch in shard.iter_batches(batch_size=phase.batch_size, batch_format="numpy", drop_last=True):
-            batch = to_model_batch(batch)
-            if hold:
-                kept.append(batch)
-            yield batch
-        if hold and kept:  # a whole pass: later passes reshuffle it in memory, without Ray Data
-            self.held[phase_index] = (torch.cat([b["latents"] for b in kept]), [c for b in kept for c in b["caption"]])
-
-    def cache_fits_in_memory(self) -> bool:
-        """Whether this rank's share of the latent cache fits under data.latent_memory_mb (float32)."""
-        counts, shape = self.latents["index"]["counts"], self.latents["index"]["latent_shape"]
-        per_rank = counts["clips"] / self.world * 4 * math.prod(shape)
-        return per_rank <= self.cfg.data.latent_memory_mb * 2**20
-
-    def held_batches(self, phase_index: int, batch_size: int):
-        latents, captions = self.held[phase_index]
-        self.passes[phase_index] = self.passes.get(phase_index, 0) + 1
-        seed = self.cfg.data.seed * 1_000_003 + self.rank * 1009 + self.passes[phase_index]
-        order = torch.randperm(len(latents), generator=torch.Generator().manual_seed(seed))
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            take = order[start:start + batch_size]
-            yield {"latents": latents[take], "caption": [captions[i] for i in take.tolist()]}
-
-    def prefetch_first_batch(self, phase_index: int) -> None:
-        """Start a phase's first pass and fetch its first batch in a thread.
-
-        A phase's data starts cold (a Ray Data split coordinator and read/decode tasks: seconds).
-        Begun before the phase's engine is built (at the run's start, and at the end of the previous
-        phase), that start overlaps the engine build, the checkpoint and the phase outputs."""
-        box: dict[str, Any] = {"batches": self.batches(phase_index)}
-
-        def fetch() -> None:
-            try:
-                box["first"] = next(box["batches"], None)
-            except BaseException as exc:  # noqa: BLE001 - raised again where the batches are used
-                box["error"] = exc
-
-        thread = threading.Thread(target=fetch, name=f"prefetch-phase{phase_index}", daemon=True)
-        thread.start()
-        self.prefetched = (phase_index, thread, box)
-
-    def pass_batches(self, phase_index: int):
-        """The batches of a new pass over the phase's data: the prefetched pass when there is one."""
-        prefetched, self.prefetched = self.prefetched, None
-        if prefetched is None or prefetched[0] != phase_index:
-            return self.batches(phase_index)
-        _, thread, box = prefetched
-        if thread is not None:
-            thread.join()
-        if "error" in box:
-            raise box["error"]
-        return itertools.chain([box["first"]], box["batches"]) if "first" in box else box["batches"]
-
     def measure_latent_stats(self, phase_index: int) -> None:
         """The latent shift/scale of the frozen VAE, measured on `diffusion.latent_stats_clips` clips per
         rank of this phase's data (the batches are then trained on as usual) and merged over ranks."""
         from aiprod.diffusion.latents import LatentStats, raw_latents
 
-        batches, taken = self.pass_batches(phase_index), []
+        batches, taken = self.data.new_pass(phase_index), []
         stats = LatentStats(self.cfg.model.vae.latent_channels)
         self.model.vae.eval()
         with torch.no_grad():
@@ -337,7 +266,7 @@ class Worker:
         stats.sums = torch.tensor(_all_reduce(stats.sums.flatten().tolist()), dtype=torch.float64).view_as(stats.sums)
         measured = stats.apply(self.model.vae)
         clips = _all_reduce([float(sum(b["video"].shape[0] for b in taken))])[0]
-        self.prefetched = (phase_index, None, {"batches": itertools.chain(taken, batches)})
+        self.data.put_back(phase_index, taken, batches)
         self._say(f"latent statistics of the VAE measured on {int(clips)} clips ({self.cfg.diffusion.latents}s): "
                   f"mean {measured['latent_mean']}, std {measured['latent_std']}")
         self._log({"event": "latent_stats", "phase": phase_index, "clips": int(clips), **measured})
@@ -346,11 +275,10 @@ class Worker:
         return batch["video"].to(self.device, non_blocking=True)
 
     def _inputs(self, batch: dict[str, Any]) -> torch.Tensor:
-        """What the phase module trains on: a latent cache's latents, else the decoded video."""
-        return batch["latents"].to(self.device) if "latents" in batch else self._video(batch)
+        return self.data.inputs(batch, self.device)
 
     def from_cache(self, phase_index: int) -> bool:
-        return self.latents is not None and phase_index in self.latents["phases"]
+        return self.data.from_cache(phase_index)
 
     def use_latent_cache(self) -> None:
         """Check that the run's VAE made the cache, then take the statistics it was normalised with."""
@@ -370,7 +298,7 @@ class Worker:
             ckpt.cleanup_orphans(self.run_uri)
         self.restore()
         if not self.cur.finished:  # the data's cold start overlaps the DeepSpeed import and engine build
-            self.prefetch_first_batch(self.cur.current)
+            self.data.prefetch(self.cur.current)
         while not self.cur.finished:
             try:
                 self.train_phase()
@@ -425,7 +353,7 @@ class Worker:
         step_losses: list[float] = []
         step_parts: dict[str, float] = {}
         while reason is None:
-            batches = self.pass_batches(i)
+            batches = self.data.new_pass(i)
             took_step_this_pass = False
             while reason is None:
                 t0 = time.monotonic()
@@ -612,7 +540,7 @@ class Worker:
         full = ckpt.model_state(self.model, trained)
         prog = self.cur.finish_phase(reason, self.cur.progress.trained_s + time.monotonic() - started)
         if not self.cur.finished:
-            self.prefetch_first_batch(self.cur.current)
+            self.data.prefetch(self.cur.current)
         # every rank passes the state: no second (collective) gather
         self.carry_uri = self.save("phase_end", full_state=full)
         destroy_engine(self.phase_engine)

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -51,10 +52,19 @@ class RunOptions:
     latents: str | None = None  # a latent cache the denoiser phases read (default data.latents)
 
 
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_name(name: str | None) -> str:
+    """A run name is a directory and an S3 key part: letters, digits, '.', '_', '-'; 1-128 long."""
+    if not name or not RUN_NAME_RE.fullmatch(name):
+        raise ConfigError(f"config: --run-name {name!r} is not a plain name: use 1-128 letters, digits, '.', "
+                          "'_' or '-', starting with a letter or digit")
+    return name
+
+
 def run_uri(opts: RunOptions) -> str:
-    if not opts.run_name or "/" in opts.run_name or opts.run_name in (".", ".."):
-        raise ValueError(f"--run-name must be a plain name, got {opts.run_name!r}")
-    return storage.join(storage.absolute(opts.storage), opts.run_name)
+    return storage.join(storage.absolute(opts.storage), check_run_name(opts.run_name))
 
 
 def run_exists(uri: str) -> bool:
@@ -113,11 +123,36 @@ def check_config(cfg: Config, opts: RunOptions, plan: WorkerPlan) -> None:
         problems.append(f"model.vae.vgg16_weights: no file at {cfg.model.vae.vgg16_weights}")
     if cfg.train.init_from and not storage.exists(storage.join(cfg.train.init_from, ckpt.MODEL_FILE)):
         problems.append(f"train.init_from: no {ckpt.MODEL_FILE} in {cfg.train.init_from}")
-    if not storage.exists(storage.join(opts.data, "index.json")):
-        problems.append(f"--data: no index.json in {opts.data} (build shards with jobs/make_shards.py)")
+    problems += check_data(cfg, opts, end)
     if problems:
         raise ConfigError("\n".join(p if p.startswith("config:") else f"config: {p}" for p in problems))
     warn_untrained_vae(cfg, opts)
+
+
+def check_data(cfg: Config, opts: RunOptions, end: int) -> list[str]:
+    """--data's index.json parses and every phase to run has clips in it."""
+    from aiprod.data.dataset import phase_shards
+    from aiprod.data.shards import ShardError, read_index
+
+    try:
+        index = read_index(opts.data)
+    except (ShardError, OSError, UnicodeDecodeError) as exc:
+        return [f"--data: {exc}"]
+    if index is None:
+        return [f"--data: no index.json in {opts.data} (build shards with jobs/make_shards.py)"]
+    if not isinstance(index.get("shards"), list):
+        return [f"--data: {opts.data}/index.json lists no shards"]
+    problems = []
+    for i in range(max(0, opts.start_phase), min(end, len(cfg.curriculum.phases) - 1) + 1):
+        phase = cfg.curriculum.phases[i]
+        try:
+            found = phase_shards(opts.data, phase, cfg.data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return [f"--data: {opts.data}/index.json is malformed ({type(exc).__name__}: {exc})"]
+        if not found:
+            problems.append(f"curriculum.phases.{i} '{phase.name}': no train shard in {opts.data} holds clips of "
+                            f"levels {phase.levels}")
+    return problems
 
 
 def warn_untrained_vae(cfg: Config, opts: RunOptions) -> None:
@@ -205,7 +240,7 @@ def run_curriculum(cfg: Config, opts: RunOptions, callbacks: Sequence[Any] = ())
     if not opts.resume or not exists:
         cfg.data.uri = opts.data  # recorded, so `--resume` finds the run's data by itself
         storage.write_text_atomic(storage.join(uri, RUN_CONFIG), cfg.to_yaml())
-    if cfg.train.cache_latents and cache_phases(cfg, opts.start_phase, end):
+    if cfg.train.cache_latents and latents is None and cache_phases(cfg, opts.start_phase, end):
         vae_end = max((i for i in range(opts.start_phase, end + 1)
                        if cfg.curriculum.phases[i].component == "vae"), default=None)
         if vae_end is not None and not phase_done(uri, vae_end):
@@ -247,9 +282,6 @@ def given_cache(cfg: Config, opts: RunOptions, uri: str, end: int) -> dict[str, 
         return None
     phases = cache_phases(cfg, opts.start_phase, end)
     problems = []
-    if cfg.train.cache_latents:
-        problems.append("data.latents and train.cache_latents are both set: a run reads a given cache or builds "
-                        "its own, not both")
     if any(cfg.curriculum.phases[i].component == "vae" for i in range(opts.start_phase, end + 1)):
         problems.append(f"data.latents={source}: a VAE phase runs in phases {opts.start_phase}..{end}, so the "
                         "cache could not match the VAE the denoiser phases get; use train.cache_latents=true, "
