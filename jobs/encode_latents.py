@@ -47,14 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from aiprod import storage
     from aiprod.data import latent_cache as lc
-    from aiprod.data.latent_encode import cache_phases, encode_cache
+    from aiprod.data.latent_encode import cache_phases, encode_cache, weights_config
 
     try:
         if not storage.exists(storage.join(args.data, "index.json")):
             raise FileNotFoundError(f"--data: no index.json in {args.data} (build shards with jobs/make_shards.py)")
         if not storage.exists(storage.join(args.vae, "model.safetensors")):
             raise FileNotFoundError(f"--vae: no model.safetensors in {args.vae}")
-        cfg = load_config(args.config or args.preset or _stored_yaml(args.vae), overrides_from_args(args))
+        base = args.config or args.preset
+        cfg = (load_config(base, overrides_from_args(args)) if base
+               else weights_config(args.vae, overrides_from_args(args)))
         phases = [p for _, p in cache_phases(cfg, 0, len(cfg.curriculum.phases) - 1)]
         if not phases:
             raise ConfigError("config: no denoiser phase in curriculum.phases: nothing to encode for")
@@ -78,17 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"latent cache: {args.out} ({index['counts']['clips']} clips, {index['counts']['bad']} bad, "
           f"buckets {', '.join(index['buckets'])}, VAE sha256 {index['vae_sha256'][:12]})", flush=True)
     return 0
-
-
-def _stored_yaml(weights_dir: str) -> str:
-    """The weights dir's config.yaml as a local path (load_config reads local files)."""
-    import tempfile
-
-    from aiprod import storage
-
-    local = Path(tempfile.mkdtemp(prefix="aiprod-encode-")) / "config.yaml"
-    local.write_bytes(storage.read_bytes(storage.join(weights_dir, "config.yaml")))
-    return str(local)
 
 
 if __name__ == "__main__":

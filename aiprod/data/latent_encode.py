@@ -24,14 +24,12 @@ from aiprod.data import latent_cache as lc
 _ENCODERS: dict[tuple, Any] = {}  # per worker process: Ray reuses processes across tasks
 
 
-def load_vae(weights_dir: str, device: str = "cpu"):
-    """(config, VideoVAE in eval mode, fingerprint) from a run's final/, a checkpoint or a registry entry."""
+def weights_config(weights_dir: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config.yaml stored with a weights dir (local or s3://), plus overrides."""
     import tempfile
     from pathlib import Path
 
     from aiprod.config import load_config
-    from aiprod.models.vae import VideoVAE
-    from aiprod.training import checkpoint as ckpt
 
     config = storage.join(weights_dir, "config.yaml")
     if not storage.exists(config):
@@ -39,7 +37,15 @@ def load_vae(weights_dir: str, device: str = "cpu"):
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "config.yaml"
         local.write_bytes(storage.read_bytes(config))
-        cfg = load_config(local)
+        return load_config(local, list(overrides))
+
+
+def load_vae(weights_dir: str, device: str = "cpu"):
+    """(config, VideoVAE in eval mode, fingerprint) from a run's final/, a checkpoint or a registry entry."""
+    from aiprod.models.vae import VideoVAE
+    from aiprod.training import checkpoint as ckpt
+
+    cfg = weights_config(weights_dir)
     state = ckpt.load_weights(weights_dir)
     vae = VideoVAE(cfg.model.vae)
     vae.load_state_dict({k[len("vae."):]: v for k, v in state.items() if k.startswith("vae.")}, strict=True)
