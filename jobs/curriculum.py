@@ -8,6 +8,9 @@
         --start-phase 1 train.init_from=out/runs/r1/final
     ray job submit --working-dir . -- python jobs/curriculum.py --preset cluster ...
 
+Exit status: 0 done, 2 a config or usage error (nothing started), 3 bad training data (the
+message names it; fix it and continue with --resume).
+
 Starts a local Ray, or joins the one at RAY_ADDRESS / a running local cluster (`--ray-address`).
 """
 
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.demo and args.data is None:
         build_demo_shards(cfg, opts.data)
+    from aiprod.data.dataset import TrainingDataError, data_error_message
     from aiprod.data.latent_cache import LatentCacheError
     from aiprod.training.runner import RunExistsError, run_curriculum
 
@@ -115,6 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunExistsError, FileNotFoundError, LatentCacheError) as exc:
         print(exc, file=sys.stderr)
         return 2
+    except TrainingDataError as exc:
+        print(exc, file=sys.stderr)
+        return 3
+    except Exception as exc:  # bad data met by the driver itself (encoding a latent cache)
+        message = data_error_message(exc)
+        if message is None:
+            raise
+        print(f"bad training data: {message}", file=sys.stderr)
+        return 3
     last = summary["phases"][-1] if summary["phases"] else {}
     print(f"done: {summary['global_step']} steps in {len(summary['phases'])} phases, last loss "
           f"{last.get('last_loss')}; outputs in {summary['run']}", flush=True)

@@ -14,7 +14,7 @@ import torch
 from aiprod.config import DataConfig, PhaseConfig
 from aiprod.data import shards
 from aiprod.data.dataset import (BadSamplesError, ModelBatchCollate, bad_sample_stats, build_phase_dataset,
-                                 eligible_samples, to_model_batch)
+                                 data_error_message, eligible_samples, to_model_batch)
 from aiprod.data.synthetic import make_clip
 from aiprod.data.video import encode_mp4
 
@@ -108,6 +108,10 @@ def test_bad_samples_are_dropped_and_counted_then_fail_past_the_fraction(ray_clu
     with pytest.raises(Exception, match=r"max_bad_fraction=0.1.*first bad keys: broken") as failure:
         rows(strict)
     assert BadSamplesError.__name__ in str(failure.value)
+    # ...and under the wrapping, the message alone, which the training loop reports
+    message = data_error_message(failure.value)
+    assert message.startswith("2 of ") and "first bad keys: broken" in message and "Traceback" not in message
+    assert data_error_message(RuntimeError("not about data")) is None
 
 
 def test_a_shard_whose_bytes_do_not_match_its_sha256_is_skipped_named_and_counted(ray_cluster, tmp_path):
@@ -123,8 +127,9 @@ def test_a_shard_whose_bytes_do_not_match_its_sha256_is_skipped_named_and_counte
     stats = bad_sample_stats(tolerant)
     assert stats["bad"] == 4 and stats["bad_keys"] == ["shard-000000.tar"]
     strict = build_phase_dataset(uri, phase([1]), data_config(max_bad_fraction=0.1))
-    with pytest.raises(Exception, match=r"shard-000000.tar: sha256 does not match index.json"):
+    with pytest.raises(Exception, match=r"shard-000000.tar: sha256 does not match index.json") as failure:
         rows(strict)
+    assert "shard-000000.tar: sha256 does not match" in data_error_message(failure.value)
 
 
 def test_untagged_and_too_short_videos_are_filtered_before_decoding(ray_cluster, tmp_path):

@@ -6,7 +6,8 @@ SIGKILLs, real moto S3. Scenarios are combined so the file runs a handful of cur
   row roll back to the last checkpoint with a lower LR; outputs (final/, samples, metrics, TB).
 - ZeRO-3, storage on S3: the driver is SIGKILLed mid-run, a byte of the newest checkpoint is
   flipped, `--resume` falls back to the checkpoint before it (with a warning) and finishes the run.
-- a bad config fails before any worker starts.
+- a bad config fails before any worker starts; a corrupt shard stops every worker once, naming it
+  (no retries as worker failures), and the run resumes once the shard is fixed.
 - `ray start --head` on loopback + `ray job submit -- python jobs/curriculum.py --demo` (slow).
 """
 
@@ -15,7 +16,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +30,7 @@ import pytest
 
 from aiprod import storage
 from aiprod.config import ConfigError, load_config
+from aiprod.data.dataset import TrainingDataError
 from aiprod.manifest import verify_manifest
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.runner import RunOptions, run_curriculum
@@ -123,6 +127,43 @@ def test_a_corrupt_index_json_fails_the_preflight_and_writes_no_run_dir(ray_clus
     with pytest.raises(ConfigError, match=r"--data: .*index.json: not valid JSON"):
         run_curriculum(load_config("tiny"), RunOptions(data=str(data), storage=str(tmp_path), run_name="torn"))
     assert not (tmp_path / "torn").exists()  # a retry under the same name is not blocked
+
+
+def test_a_corrupt_shard_stops_every_worker_once_naming_it_and_the_run_resumes_once_fixed(
+        ray_cluster, shards, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(shards, data)
+    good = {path: path.read_bytes() for path in data.glob("*.tar")}
+    damaged = {}
+    for path, raw in good.items():  # every shard, so that the phase's few steps meet one
+        damaged[path] = bytearray(raw)
+        damaged[path][100] ^= 0xFF  # inside the first member's tar header
+        path.write_bytes(damaged[path])
+    names = "|".join(re.escape(path.name) for path in good)
+    cfg = load_config("tiny")
+    opts = RunOptions(data=str(data), storage=str(tmp_path), run_name="bad-shard", end_phase=0)
+    # a typed error from the ranks' collective stop; an error in one worker would instead be
+    # retried train.max_failures times by Ray Train and end as its TrainingFailedError
+    with pytest.raises(TrainingDataError, match=rf"({names}): sha256 does not match index.json.*--resume"):
+        run_curriculum(cfg, opts)
+    run = tmp_path / "bad-shard"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "bad_data" and "sha256 does not match" in summary["error"]
+    events = [r for r in read_metrics(str(run)) if r.get("event") in ("bad_data", "resumed")]
+    assert [r["event"] for r in events] == ["bad_data"] and events[0]["phase"] == 0  # one worker group, once
+
+    for path, raw in good.items():  # fixed: the same run continues and finishes the phase
+        path.write_bytes(raw)
+    done = run_curriculum(cfg, RunOptions(data=str(data), storage=str(tmp_path), run_name="bad-shard",
+                                          end_phase=0, resume=True))
+    assert done["status"] == "finished" and done["phases"][0]["steps"] == cfg.curriculum.phases[0].steps
+
+    cli = _load_cli()  # the CLI's exit status for bad data is 3, its message names the shard
+    for path, raw in damaged.items():
+        path.write_bytes(raw)
+    code = cli.main(["--preset", "tiny", "--data", str(data), "--storage", str(tmp_path), "--run-name", "cli",
+                     "--end-phase", "0"])
+    assert code == 3 and re.search(names, capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("name", ["a b", "x\n", "a\\b", "..", "-x", "a/b", ""])

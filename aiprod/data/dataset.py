@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import random
+import re
 import tarfile
 import uuid
 import zlib
@@ -46,6 +47,35 @@ UNTAGGED = 0  # `level` of samples without one level tag
 
 class BadSamplesError(RuntimeError):
     """Too many samples failed to decode; the message names the first bad keys."""
+
+
+class TrainingDataError(RuntimeError):
+    """A run stopped on bad training data (every worker, together, at the same step): not retried
+    as a worker failure, since a restarted worker would read the same bytes."""
+
+
+DATA_ERROR_NAMES = ("BadSamplesError", "ShardError", "LatentCacheError", "LatentCacheMismatch")
+_DATA_ERROR_LINE = re.compile(rf"^(?:[\w.]+\.)?(?:{'|'.join(DATA_ERROR_NAMES)}): (.+)$", re.MULTILINE)
+
+
+def data_error_message(exc: BaseException) -> str | None:
+    """The message of the bad-data error inside `exc`, None when `exc` is not about the data.
+
+    Ray Data raises a UDF's error in the consumer as a task error around a UserCodeException whose
+    cause did not survive pickling: only the remote traceback text names ours, so that text is
+    read (its last line naming one of DATA_ERROR_NAMES) when no exception in the chain is ours."""
+    stack, seen = [exc], set()
+    while stack:
+        err = stack.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        wrapped = getattr(err, "cause", None)  # a RayTaskError, maybe a dynamic subclass of ours
+        if not isinstance(wrapped, BaseException) and any(c.__name__ in DATA_ERROR_NAMES for c in type(err).__mro__):
+            return (str(err).strip().splitlines() or [type(err).__name__])[0]  # Ray may append lines of its own
+        stack.extend(e for e in (wrapped, err.__context__, err.__cause__) if isinstance(e, BaseException))
+    found = _DATA_ERROR_LINE.findall(str(exc))
+    return found[-1].strip() if found else None
 
 
 # ----------------------------------------------------------------------------- eligibility

@@ -6,6 +6,9 @@
   data's cold start (a split coordinator, read and decode tasks: seconds) overlaps the engine build.
 - A latent cache whose share fits in `data.latent_memory_mb` is kept in memory after one whole
   pass and reshuffled each later pass, without Ray Data.
+- Bad data (a shard or latent shard that fails its sha256, too many clips that do not decode) ends
+  the pass and is kept in `error`; `status` tells the loop, which stops every rank together
+  instead of letting the error end one worker (which Ray Train would restart to read the same bytes).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import torch
 from aiprod.config import Config
 
 
+BATCH, PASS_END, BAD_DATA = 0.0, 1.0, 2.0  # `status` values; ranks agree on their max
+
+
 class PhaseBatches:
     def __init__(self, cfg: Config, rank: int, world: int, latents: dict[str, Any] | None):
         self.cfg, self.rank, self.world = cfg, rank, world
@@ -29,6 +35,10 @@ class PhaseBatches:
         self.prefetched: tuple[int, threading.Thread | None, dict[str, Any]] | None = None
         self.held: dict[int, tuple[torch.Tensor, list[str]]] = {}
         self.passes: dict[int, int] = {}
+        self.error: str | None = None  # the bad-data error that ended a pass, kept
+
+    def status(self, batch: dict[str, Any] | None) -> float:
+        return BAD_DATA if self.error is not None else PASS_END if batch is None else BATCH
 
     def from_cache(self, phase_index: int) -> bool:
         return self.latents is not None and phase_index in self.latents["phases"]
@@ -39,7 +49,18 @@ class PhaseBatches:
         return (batch["latents"] if "latents" in batch else batch["video"]).to(device, non_blocking=True)
 
     def batches(self, phase_index: int) -> Iterator[dict[str, Any]]:
-        """Model batches of this rank's shard for one pass."""
+        """Model batches of this rank's shard for one pass; a bad-data error ends it and is kept."""
+        from aiprod.data.dataset import data_error_message
+
+        try:
+            yield from self._batches(phase_index)
+        except Exception as exc:
+            message = data_error_message(exc)
+            if message is None:
+                raise
+            self.error = message
+
+    def _batches(self, phase_index: int) -> Iterator[dict[str, Any]]:
         import ray.train
 
         from aiprod.data.dataset import to_model_batch

@@ -7,7 +7,9 @@ frozen, in eval mode, outside the engine). Weights carry into the next phase thr
 built model, which also drops the previous engine's ZeRO hooks and partitions.
 
 Every decision (end of epoch, NaN skip, rollback, plateau, stop) is taken on all-reduced values,
-so the ranks stay in lock-step and call `ray.train.report` the same number of times.
+so the ranks stay in lock-step and call `ray.train.report` the same number of times. Bad data on
+any rank stops every rank at the same step, with summary.json's status `bad_data` (the driver
+raises TrainingDataError): an error in one worker would be retried by Ray Train on the same bytes.
 
 Data resumes at an epoch boundary: a run restored mid-epoch starts a new pass over the phase's
 data, with the step counter, optimizer, LR schedule and RNG states of its checkpoint.
@@ -31,7 +33,7 @@ from torch import nn
 from aiprod import storage
 from aiprod.config import Config, PhaseConfig, validate
 from aiprod.training import checkpoint as ckpt
-from aiprod.training.batches import PhaseBatches
+from aiprod.training.batches import BAD_DATA, BATCH, PhaseBatches
 from aiprod.training.curriculum import Curriculum, PhaseProgress, is_finite, planned_steps
 from aiprod.training.engine import (
     PhaseEngine, autocast, build_engine, destroy_engine, gathered_state_dict, worker_device,
@@ -49,6 +51,10 @@ PROBE_SEED_OFFSET = 7919  # the probe batch's noise/timesteps come from this fix
 
 class Rollback(Exception):
     """K non-finite losses in a row: restore the last checkpoint with a lower LR."""
+
+
+class BadData(Exception):
+    """Some rank's data failed (the message names shards or clips): every rank stops the run."""
 
 
 class PhaseModule(nn.Module):
@@ -263,6 +269,7 @@ class Worker:
                     break
                 taken.append(batch)
                 stats.add(raw_latents(self.model.vae, self._video(batch), self.cfg.diffusion.latents, self.generator))
+        self._data_goes_on(ended=False)
         stats.sums = torch.tensor(_all_reduce(stats.sums.flatten().tolist()), dtype=torch.float64).view_as(stats.sums)
         measured = stats.apply(self.model.vae)
         clips = _all_reduce([float(sum(b["video"].shape[0] for b in taken))])[0]
@@ -270,6 +277,14 @@ class Worker:
         self._say(f"latent statistics of the VAE measured on {int(clips)} clips ({self.cfg.diffusion.latents}s): "
                   f"mean {measured['latent_mean']}, std {measured['latent_std']}")
         self._log({"event": "latent_stats", "phase": phase_index, "clips": int(clips), **measured})
+
+    def _data_goes_on(self, ended: bool) -> bool:
+        """Whether no rank's pass has ended (all-reduced); raises BadData on every rank when any
+        rank's data failed, with every rank's message."""
+        state = _all_reduce([self.data.status(None if ended else {})], "max")[0]
+        if state == BAD_DATA:
+            raise BadData("; ".join(dict.fromkeys(m for m in _all_gather(self.data.error) if m)))
+        return state == BATCH
 
     def _video(self, batch: dict[str, Any]) -> torch.Tensor:
         return batch["video"].to(self.device, non_blocking=True)
@@ -304,7 +319,20 @@ class Worker:
                 self.train_phase()
             except Rollback:
                 self.rollback()
+            except BadData as stop:
+                self.stop_on_bad_data(str(stop))
+                return
         self.finalize()
+
+    def stop_on_bad_data(self, message: str) -> None:
+        """End the run without a new checkpoint: fix or remove the named data, then --resume. The
+        driver learns of it from summary.json (Ray Train's result keeps only checkpointed metrics)."""
+        phase = self.cur.current
+        self._say(f"stopping in phase {phase} at global step {self.cur.global_step}: bad training data: {message}")
+        self._log({"event": "bad_data", "phase": phase, "message": message})
+        if self.rank == 0:
+            self.write_summary(finished=False, status="bad_data", error=message)
+            self.logger.close()
 
     def probe_loss(self, module: PhaseModule, batch: dict[str, Any]) -> float:
         """Loss on this rank's probe batch (the phase's first) under `train.probe_draws` fixed noise
@@ -359,7 +387,7 @@ class Worker:
                 t0 = time.monotonic()
                 batch = next(batches, None)
                 wait = time.monotonic() - t0
-                if _all_reduce([1.0 if batch is None else 0.0], "max")[0] > 0:
+                if not self._data_goes_on(ended=batch is None):
                     break  # some rank's shard is exhausted: the pass ends for all
                 if self.probe is None:
                     self.probe = batch
@@ -606,10 +634,11 @@ class Worker:
             storage.put_file(path, storage.join(self.run_uri, f"{stem}.mp4"))
         write_file(self.run_uri, f"{stem}-frames.png", contact_sheet_png(frames, self.cfg.train.contact_sheet_frames))
 
-    def write_summary(self, finished: bool) -> None:
+    def write_summary(self, finished: bool, status: str | None = None, error: str | None = None) -> None:
         import json
 
-        summary = {"run": self.run_uri, "session": self.session, "status": "finished" if finished else "running",
+        summary = {"run": self.run_uri, "session": self.session,
+                   "status": status or ("finished" if finished else "running"), **({"error": error} if error else {}),
                    "config_hash": self.cfg.hash(), "preset": self.cfg.preset, "workers": self.world,
                    "worker_nodes": self.nodes,
                    "zero_stage": self.cfg.train.zero_stage, "precision": self.precision, **self.cur.summary()}

@@ -331,7 +331,7 @@ def _fit(cfg: Config, opts: RunOptions, uri: str, plan: WorkerPlan, end: int, la
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from aiprod.data.dataset import build_phase_dataset
+    from aiprod.data.dataset import TrainingDataError, build_phase_dataset
     from aiprod.data.latent_cache import build_latent_dataset
     from aiprod.training.loop import SUMMARY_FILE, train_loop_per_worker
 
@@ -370,4 +370,8 @@ def _fit(cfg: Config, opts: RunOptions, uri: str, plan: WorkerPlan, end: int, la
     )
     print(f"run: {uri} ({'resume' if opts.resume else 'new'}; phases {opts.start_phase}..{end})", flush=True)
     trainer.fit()
-    return json.loads(storage.read_text(storage.join(uri, SUMMARY_FILE)))
+    summary = json.loads(storage.read_text(storage.join(uri, SUMMARY_FILE)))
+    if summary.get("status") == "bad_data" and summary.get("session") == loop_config["session"]:
+        raise TrainingDataError(f"run {uri} stopped on bad training data: {summary['error']}; fix or remove what "
+                                f"it names, then continue with --resume")
+    return summary
