@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiprod import storage
-from aiprod.config import Config, ConfigError, load_config, validate
+from aiprod.config import Config, ConfigError, load_config
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.engine import deepspeed_config
 from aiprod.training.workers import WorkerPlan, choose_workers, cluster_gpus
@@ -171,19 +171,10 @@ def warn_untrained_vae(cfg: Config, opts: RunOptions) -> None:
 def plan_workers(cfg: Config, requested: str | int) -> tuple[Config, WorkerPlan]:
     requested = cfg.train.workers if requested == "auto" and cfg.train.workers != "auto" else requested
     plan = choose_workers(cfg, requested, cluster_gpus())
-    cfg = validate(_apply(cfg, plan.overrides))
+    cfg = cfg.with_overrides(plan.overrides)
     log.info("workers: %s", plan.reason)
     print(f"workers: {plan.reason}", flush=True)
     return cfg, plan
-
-
-def _apply(cfg: Config, overrides: list[str]) -> dict[str, Any]:
-    from aiprod.config import apply_override
-
-    tree = cfg.to_dict()
-    for override in overrides:
-        apply_override(tree, override)
-    return tree
 
 
 def fault_injection() -> dict[str, Any]:
