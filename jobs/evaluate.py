@@ -21,7 +21,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aiprod import storage  # noqa: E402
 from aiprod.config import ConfigError, RegistryConfig  # noqa: E402
 
 
@@ -40,26 +39,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _locate(ref: str, registry: str | None) -> tuple[str, str]:
-    """(weights directory, label) for a directory or a registry reference."""
-    from aiprod.registry import NAME_RE, resolve
-
-    if not (ref in ("production", "latest") or NAME_RE.fullmatch(ref)) or storage.exists(storage.join(ref, "config.yaml")):
-        return ref, Path(ref.rstrip("/")).name
-    root = registry or RegistryConfig().root
-    path = resolve(root, ref)
-    return str(path), path.name
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from aiprod.diffusion.pipeline import CheckpointError
     from aiprod.eval.report import evaluate
+    from aiprod.model_dir import CheckpointError, locate
     from aiprod.registry import RegistryError
 
+    registry = args.registry or RegistryConfig().root
     try:
-        checkpoint, label = _locate(args.checkpoint or args.version, args.registry)
-        compare, compare_label = _locate(args.compare, args.registry) if args.compare else (None, None)
+        checkpoint, label = locate(args.checkpoint or args.version, registry)
+        compare, compare_label = locate(args.compare, registry) if args.compare else (None, None)
         report = evaluate(checkpoint, args.out, data_uri=args.data, compare=compare, overrides=args.overrides,
                           device=args.device, label=label, compare_label=compare_label)
     except (CheckpointError, RegistryError, ConfigError, ValueError, FileNotFoundError) as exc:

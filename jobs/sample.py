@@ -17,7 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aiprod.diffusion.pipeline import MODES, CheckpointError, VideoPipeline  # noqa: E402
+from aiprod.diffusion.pipeline import MODES, VideoPipeline  # noqa: E402
+from aiprod.model_dir import CheckpointError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

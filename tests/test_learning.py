@@ -55,7 +55,8 @@ def test_a_fixed_scaling_factor_in_a_config_is_refused_with_the_reason():
 def test_weights_without_latent_stats_are_refused_by_name(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from aiprod.diffusion.pipeline import CheckpointError, VideoPipeline
+    from aiprod.diffusion.pipeline import VideoPipeline
+    from aiprod.model_dir import CheckpointError
     from aiprod.manifest import write_manifest
 
     cfg = load_config("tiny")
@@ -155,7 +156,7 @@ def test_vae_learns_with_the_posterior_sampling_it_trains_with():
 def test_a_short_curriculum_run_beats_chance_on_colour(ray_cluster, tmp_path):
     """The real path (shards -> Ray Data -> Ray Train + DeepSpeed, 2 workers) on the `learn` preset
     for a few minutes: the final model's videos take their prompts' colour far above chance (1/7)."""
-    from aiprod.data.shards import build_synthetic_shards
+    from aiprod.data.synthetic_shards import build_synthetic_shards
     from aiprod.diffusion.pipeline import VideoPipeline
     from aiprod.eval import judge
     from aiprod.eval.report import build_cases, clip_spec, generate_and_judge, with_overrides

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 
 from aiprod import storage
 from aiprod.config import load_config
-from aiprod.diffusion.pipeline import CONFIG, WEIGHTS, CheckpointError, VideoPipeline
+from aiprod.diffusion.pipeline import VideoPipeline
+from aiprod.model_dir import CONFIG, WEIGHTS, CheckpointError
 from aiprod.manifest import MANIFEST
 from aiprod.models import build_model
 

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from aiprod import storage
+from aiprod import model_dir, storage
 from aiprod.config import ConfigError, load_config
-from aiprod.data.dataset import TrainingDataError
+from aiprod.data.bad_samples import TrainingDataError
 from aiprod.manifest import verify_manifest
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.runner import RunOptions, run_curriculum
@@ -48,7 +48,7 @@ def _load_cli():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
-    from aiprod.data.shards import build_synthetic_shards
+    from aiprod.data.synthetic_shards import build_synthetic_shards
 
     cfg = load_config("tiny")
     out = str(tmp_path_factory.mktemp("shards"))
@@ -92,8 +92,8 @@ def check_finished_run(run: str, cfg, zero_stage: int) -> dict:
     # the final model is the last checkpoint's weights, bit for bit
     from safetensors.torch import load
 
-    last = load(storage.read_bytes(storage.join(run, names[0], ckpt.MODEL_FILE)))
-    exported = load(storage.read_bytes(storage.join(final, ckpt.MODEL_FILE)))
+    last = load(storage.read_bytes(storage.join(run, names[0], model_dir.WEIGHTS)))
+    exported = load(storage.read_bytes(storage.join(final, model_dir.WEIGHTS)))
     assert last.keys() == exported.keys() and all((last[k] == exported[k]).all() for k in last)
     from aiprod.diffusion.pipeline import VideoPipeline
 
@@ -237,7 +237,7 @@ def test_zero3_on_s3_resume_after_driver_kill_falls_back_past_corrupt_checkpoint
 
     committed = sorted(ckpt.committed_names(run), key=lambda n: ckpt.parse_name(n)[0])
     newest, before = committed[-1], committed[-2]
-    target = storage.join(run, newest, ckpt.MODEL_FILE)
+    target = storage.join(run, newest, model_dir.WEIGHTS)
     blob = bytearray(storage.read_bytes(target))
     blob[len(blob) // 2] ^= 0x01
     storage.write_bytes_atomic(target, bytes(blob))

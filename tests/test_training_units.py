@@ -12,6 +12,7 @@ import socket
 import pytest
 import torch
 
+from aiprod import model_dir
 from aiprod.config import PhaseConfig, load_config
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.curriculum import Curriculum, planned_steps
@@ -239,7 +240,7 @@ def test_checkpoint_round_trips_bit_exact(stage, single_process_group, tmp_path)
     ckpt.write_checkpoint(directory, pe.engine, full, {"global_step": 2}, cfg.to_yaml(), generator, rank=0)
     assert verify_manifest(directory) == []
 
-    model2, pe2 = engine_for(123, load_file(directory / ckpt.MODEL_FILE))  # as a resume does
+    model2, pe2 = engine_for(123, load_file(directory / model_dir.WEIGHTS))  # as a resume does
     ckpt.load_engine_state(pe2.engine, directory)
     generator2 = torch.Generator()
     assert ckpt.load_rng(directory, 0, generator2)
@@ -247,7 +248,7 @@ def test_checkpoint_round_trips_bit_exact(stage, single_process_group, tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(generator.get_state(), generator2.get_state())
     assert pe2.engine.lr_scheduler.state_dict() == pe.engine.lr_scheduler.state_dict()
-    saved = load_file(directory / ckpt.MODEL_FILE)
+    saved = load_file(directory / model_dir.WEIGHTS)
     assert saved.keys() == model.state_dict().keys()
     assert all(torch.equal(saved[k], full[k]) for k in saved)
     # optimizer moments too: one more identical step keeps the two engines identical
@@ -267,16 +268,16 @@ def test_find_latest_good_skips_corrupt_and_uncommitted(tmp_path, caplog):
     for step, name in zip((5, 10, 15), names):
         d = run / name
         d.mkdir(parents=True)
-        (d / ckpt.STATE_FILE).write_text(json.dumps({"global_step": step}))
-        (d / ckpt.MODEL_FILE).write_bytes(os.urandom(64))
+        (d / model_dir.STATE).write_text(json.dumps({"global_step": step}))
+        (d / model_dir.WEIGHTS).write_bytes(os.urandom(64))
         from aiprod.manifest import write_manifest
 
         write_manifest(d)
     # Ray committed 5 and 10; 15 is an orphan of a worker that died mid-report
     (run / ckpt.RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": [{"dir": n} for n in names[:2]]}))
-    blob = bytearray((run / names[1] / ckpt.MODEL_FILE).read_bytes())
+    blob = bytearray((run / names[1] / model_dir.WEIGHTS).read_bytes())
     blob[3] ^= 0xFF
-    (run / names[1] / ckpt.MODEL_FILE).write_bytes(bytes(blob))
+    (run / names[1] / model_dir.WEIGHTS).write_bytes(bytes(blob))
     with caplog.at_level(logging.WARNING, logger="aiprod.training"):
         found = ckpt.find_latest_good(str(run))
     assert found is not None and found.state == {"global_step": 5}

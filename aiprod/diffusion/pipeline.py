@@ -1,50 +1,33 @@
-"""VideoPipeline: text -> uint8 video frames, plus the weights directory format.
+"""VideoPipeline: text -> uint8 video frames from a model directory.
 
     pipe = VideoPipeline.from_checkpoint("out/registry/pib-videogen-...")   # or s3://...
     frames = pipe.generate("a red circle moving right", "en", seconds=2, fps=8, height=64, width=64, seed=0)
     pipe.write_mp4(frames, "out.mp4", fps=8)
 
-A weights directory holds `model.safetensors` (VideoModel state_dict; metadata: version, config
-hash), `config.yaml` (the resolved config) and `MANIFEST.sha256`. Checkpoints and registry
-entries add their own files beside these.
+Weights load from and save to a model directory (aiprod.model_dir: its files, save, load, verify).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import torch
-import yaml
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save_file
 
-from aiprod import storage
-from aiprod.config import Config, validate
+from aiprod import model_dir
+from aiprod.config import Config
 from aiprod.diffusion.latents import STAT_KEYS, decode_latents, missing_stats_message
 from aiprod.diffusion.sampler import StepHook, TextCondition, emergency_sample, sample
 from aiprod.diffusion.schedule import NoiseSchedule
-from aiprod.manifest import MANIFEST, verify_manifest, write_manifest
+from aiprod.model_dir import DEFAULT_VERSION, WEIGHTS, CheckpointError
 from aiprod.models import VideoModel, build_model
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.yaml"
 MODES = ("standard", "emergency")
-DEFAULT_VERSION = "unversioned"
-
-
-class CheckpointError(RuntimeError):
-    """A weights directory that is missing files or fails its manifest."""
-
-
 class GenerationAbandoned(RuntimeError):
     """generate() stopped between sampler steps because its deadline passed."""
 
@@ -86,20 +69,10 @@ class VideoPipeline:
         verify: bool = True,
         autocast_dtype: torch.dtype | None = None,
     ) -> VideoPipeline:
-        """Load `config.yaml` + `model.safetensors` from a local dir or s3:// prefix. When
-        `MANIFEST.sha256` is present (and `verify`), every listed file must match it."""
+        """Load a model directory (aiprod.model_dir), local or s3://. With `verify`, every file its
+        manifest lists must match."""
         uri = str(directory)
-        for name in (WEIGHTS, CONFIG):
-            if not storage.exists(storage.join(uri, name)):
-                raise CheckpointError(f"checkpoint {uri}: {name} is missing")
-        if verify and storage.exists(storage.join(uri, MANIFEST)):
-            problems = verify_manifest(uri)
-            if problems:
-                raise CheckpointError(f"checkpoint {uri} fails {MANIFEST}: " + "; ".join(problems))
-        cfg = validate(yaml.safe_load(storage.read_text(storage.join(uri, CONFIG))) or {})
-        blob = storage.read_bytes(storage.join(uri, WEIGHTS))
-        state = load_safetensors(blob)
-        version = _safetensors_metadata(blob).get("version", DEFAULT_VERSION)
+        cfg, state, version = model_dir.load(uri, check=verify)
         if not set(STAT_KEYS) <= set(state):
             raise CheckpointError(f"checkpoint {uri}: " + missing_stats_message(WEIGHTS))
         with torch.device("meta"):
@@ -113,35 +86,9 @@ class VideoPipeline:
             raise CheckpointError(f"checkpoint {uri}: {WEIGHTS} does not set {', '.join(unset[:5])}")
         return cls(cfg, model, version=version, device=device or "cpu", autocast_dtype=autocast_dtype)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write model.safetensors + config.yaml + MANIFEST.sha256 into a temp dir beside
-        `directory`, then rename it into place (an existing directory is replaced)."""
-        if storage.is_s3(directory):
-            raise ValueError(f"save_pretrained writes a local directory, got {directory}; upload it afterwards")
-        target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            state = {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
-            save_file(state, tmp / WEIGHTS, metadata={"version": self.version, "config_hash": self.cfg.hash()})
-            (tmp / CONFIG).write_text(self.cfg.to_yaml(), encoding="utf-8")
-            for name in (WEIGHTS, CONFIG):
-                _fsync(tmp / name)
-            write_manifest(tmp)
-            storage.fsync_dir(tmp)
-            if target.exists():  # a directory cannot be renamed over a non-empty one: swap it aside
-                os.rename(target, old)
-            os.rename(tmp, target)
-            storage.fsync_dir(target.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if old.exists() and not target.exists():
-                os.rename(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-        return target
+    def save_pretrained(self, directory: str | os.PathLike) -> str | Path:
+        """Write this pipeline's model directory (local or s3://), replacing any there (model_dir.save)."""
+        return model_dir.save(directory, self.model.state_dict(), self.cfg, self.version)
 
     # -------------------------------------------------------------------------- generate
 
@@ -248,7 +195,7 @@ class VideoPipeline:
     def write_mp4(frames: np.ndarray, path: str | os.PathLike | BinaryIO, fps: float) -> None:
         """H.264 yuv420p MP4 through the project's one writer (aiprod.data.video): a local path or
         s3:// URI (written atomically) or a writable binary file."""
-        from aiprod.data.video import write_mp4
+        from aiprod.data.video_encode import write_mp4
 
         write_mp4(frames, path, fps)
 
@@ -257,14 +204,3 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """[3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
     pixels = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return pixels.permute(1, 2, 3, 0).contiguous().cpu().numpy()
-
-
-def _safetensors_metadata(blob: bytes) -> dict[str, str]:
-    """The `__metadata__` of a safetensors blob (8-byte little-endian header length, JSON header)."""
-    header_len = int.from_bytes(blob[:8], "little")
-    return json.loads(blob[8 : 8 + header_len]).get("__metadata__") or {}
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())

@@ -52,13 +52,11 @@ def request_bucket(key: str | bytes) -> float:
 
 
 def resolve_model_dir(spec: str, cfg: Config) -> str:
-    """A checkpoint dir (local, or s3:// prefix) as is; anything else is a registry reference
-    (`production`, `latest` or a version name) under registry.root."""
-    if spec.startswith("s3://") or Path(spec).is_dir():
-        return spec
-    from aiprod.registry import resolve
+    """The model directory `spec` names: a directory or s3:// prefix, or a registry reference
+    under registry.root (model_dir.locate)."""
+    from aiprod.model_dir import locate
 
-    return str(resolve(cfg.registry.root, spec, cfg=cfg.registry))
+    return locate(spec, cfg.registry.root, cfg.registry)[0]
 
 
 def pointer_target(spec: str, cfg: Config) -> str | None:

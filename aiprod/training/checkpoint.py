@@ -33,14 +33,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from aiprod import manifest, storage
+from aiprod import manifest, model_dir, storage
 
 log = logging.getLogger("aiprod.training")
 
 PREFIX = "checkpoint-"
 DS_DIR, DS_TAG = "deepspeed", "state"
 DS_MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's own name for rank 0's module file
-MODEL_FILE, STATE_FILE, CONFIG_FILE, RNG_DIR = "model.safetensors", "state.json", "config.yaml", "rng"
+RNG_DIR = "rng"
 PROBE_DIR = "probe"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 _NAME = re.compile(r"^checkpoint-(\d+)-p(\d+)-([0-9a-z]+)$")
@@ -57,22 +57,6 @@ def parse_name(name: str) -> tuple[int, int, str] | None:
 
 
 # ------------------------------------------------------------------------- weights
-
-
-def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
-
-
-def load_weights(checkpoint_uri: str) -> dict[str, torch.Tensor]:
-    """model.safetensors of a checkpoint, registry entry or model dir (local or s3://)."""
-    from safetensors.torch import load
-
-    uri = storage.join(checkpoint_uri, MODEL_FILE)
-    if not storage.exists(uri):
-        raise FileNotFoundError(f"no {MODEL_FILE} in {checkpoint_uri}")
-    return load(storage.read_bytes(uri))
 
 
 def model_state(model: nn.Module, trained: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -140,9 +124,9 @@ def write_checkpoint(
     if rank == 0:
         if full_state is None:
             raise ValueError("rank 0 must pass the consolidated model state")
-        save_weights(full_state, local_dir / MODEL_FILE)
-        (local_dir / STATE_FILE).write_text(json.dumps(state, indent=1, default=float), encoding="utf-8")
-        (local_dir / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
+        model_dir.write_weights(full_state, local_dir / model_dir.WEIGHTS)
+        (local_dir / model_dir.STATE).write_text(json.dumps(state, indent=1, default=float), encoding="utf-8")
+        (local_dir / model_dir.CONFIG).write_text(config_yaml, encoding="utf-8")
     hashes = _local_hashes(local_dir)
     if dist.is_available() and dist.is_initialized():
         gathered: list[dict[str, str]] = [{} for _ in range(dist.get_world_size())]
@@ -192,7 +176,7 @@ def cleanup_orphans(run_uri: str) -> list[str]:
 
 
 def read_state(checkpoint_uri: str) -> dict[str, Any]:
-    return json.loads(storage.read_text(storage.join(checkpoint_uri, STATE_FILE)))
+    return json.loads(storage.read_text(storage.join(checkpoint_uri, model_dir.STATE)))
 
 
 @dataclass
@@ -221,7 +205,7 @@ def find_latest_good(run_uri: str, verify: bool = True, reported: set[str] = fro
             try:
                 return Found(uri, read_state(uri), skipped)
             except (OSError, ValueError) as exc:
-                problems = [f"{STATE_FILE}: {exc}"]
+                problems = [f"{model_dir.STATE}: {exc}"]
         reason = "; ".join(problems[:5])
         log.warning("checkpoint: skipping corrupt or partial checkpoint %s (%s); trying the one before", uri, reason)
         skipped.append((name, reason))

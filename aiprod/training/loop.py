@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from aiprod import storage
+from aiprod import model_dir, storage
 from aiprod.config import Config, PhaseConfig, validate
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.batches import BAD_DATA, BATCH, PhaseBatches
@@ -214,14 +214,14 @@ class Worker:
             self.cur = Curriculum(self.cfg.curriculum, self.start_phase, self.end_phase)
             weights = None
             if self.cfg.train.init_from:
-                weights = ckpt.load_weights(self.cfg.train.init_from)
+                weights = model_dir.read_weights(self.cfg.train.init_from)
                 self._say(f"initial weights from {self.cfg.train.init_from}")
             self.model = self.fresh_model(weights)
             return
         uri, state = found.uri, found.state
         self.cur = Curriculum.from_dict(self.cfg.curriculum, state["curriculum"])
         self.cur.end = self.end_phase  # a resumed run may extend or shorten the curriculum
-        self.model = self.fresh_model(ckpt.load_weights(uri))
+        self.model = self.fresh_model(model_dir.read_weights(uri))
         if self.resume_phase is not None and state.get("session") != self.session:
             self.cur.restart_at(self.resume_phase)
             self._say(f"resuming {uri} at the start of phase {self.resume_phase}")
@@ -591,7 +591,7 @@ class Worker:
         if self.best_state is not None:
             best = ckpt.model_state(self.model, self.best_state)
             with tempfile.TemporaryDirectory() as tmp:
-                ckpt.save_weights(best, Path(tmp) / ckpt.MODEL_FILE)
+                model_dir.write_weights(best, Path(tmp) / model_dir.WEIGHTS)
                 (Path(tmp) / "best.json").write_text(json.dumps(
                     {"phase": i, "name": phase.name, "best_loss": prog.best_loss, "best_step": prog.best_step}))
                 from aiprod.manifest import write_manifest
@@ -626,7 +626,7 @@ class Worker:
     def write_video(self, frames, stem: str, fps: float) -> None:
         if frames is None:
             return
-        from aiprod.data.video import write_mp4
+        from aiprod.data.video_encode import write_mp4
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "sample.mp4"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aiprod import storage
+from aiprod import model_dir, storage
 from aiprod.config import Config, ConfigError, load_config
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.engine import deepspeed_config
@@ -121,8 +121,8 @@ def check_config(cfg: Config, opts: RunOptions, plan: WorkerPlan) -> None:
             problems.append(f"{where}: {exc}")
     if cfg.model.vae.vgg16_weights and not Path(cfg.model.vae.vgg16_weights).is_file():
         problems.append(f"model.vae.vgg16_weights: no file at {cfg.model.vae.vgg16_weights}")
-    if cfg.train.init_from and not storage.exists(storage.join(cfg.train.init_from, ckpt.MODEL_FILE)):
-        problems.append(f"train.init_from: no {ckpt.MODEL_FILE} in {cfg.train.init_from}")
+    if cfg.train.init_from and not storage.exists(storage.join(cfg.train.init_from, model_dir.WEIGHTS)):
+        problems.append(f"train.init_from: no {model_dir.WEIGHTS} in {cfg.train.init_from}")
     problems += check_data(cfg, opts, end)
     if problems:
         raise ConfigError("\n".join(p if p.startswith("config:") else f"config: {p}" for p in problems))
@@ -261,7 +261,7 @@ def run_vae_fingerprint(cfg: Config, opts: RunOptions, uri: str) -> str | None:
 
     found = ckpt.find_latest_good(uri, verify=False) if run_exists(uri) else None
     source = found.uri if found is not None else cfg.train.init_from
-    return vae_fingerprint(ckpt.load_weights(source)) if source else None
+    return vae_fingerprint(model_dir.read_weights(source)) if source else None
 
 
 def given_cache(cfg: Config, opts: RunOptions, uri: str, end: int) -> dict[str, Any] | None:
@@ -322,7 +322,8 @@ def _fit(cfg: Config, opts: RunOptions, uri: str, plan: WorkerPlan, end: int, la
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from aiprod.data.dataset import TrainingDataError, build_phase_dataset
+    from aiprod.data.bad_samples import TrainingDataError
+    from aiprod.data.dataset import build_phase_dataset
     from aiprod.data.latent_cache import build_latent_dataset
     from aiprod.training.loop import SUMMARY_FILE, train_loop_per_worker
 

@@ -1,0 +1,175 @@
+"""A model directory: the one home of its file names, and how one is saved, read, verified and found.
+
+    NAME/  model.safetensors   VideoModel state_dict (metadata: version, config hash)
+           config.yaml         the resolved config it was trained with
+           MANIFEST.sha256     sha256 of every other file (aiprod.manifest), written last
+           state.json ...      checkpoints and registry entries add their own files beside these
+
+Checkpoints, a run's final/ and best/ models and registry versions are all model directories, on
+local disk or under an s3:// prefix. `locate(ref)` turns what a user names (a directory, an s3://
+prefix or a registry reference: `production`, `latest`, a version name) into one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from aiprod import storage
+from aiprod.config import Config, validate
+from aiprod.manifest import MANIFEST, verify_manifest, write_manifest
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+STATE = "state.json"
+DEFAULT_VERSION = "unversioned"
+REGISTRY_POINTERS = ("production", "latest")
+
+
+class CheckpointError(RuntimeError):
+    """A model directory that is missing files or fails its manifest."""
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None,
+                  ) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(path), metadata=metadata)
+
+
+def save(directory: str | os.PathLike, state: dict[str, torch.Tensor], cfg: Config,
+         version: str = DEFAULT_VERSION) -> str | Path:
+    """Write weights + config + manifest as one model directory, replacing any there: locally by a
+    rename of a finished temp dir beside it (returns its Path); on S3 by uploading a finished local
+    copy, manifest last (returns the URI)."""
+    target = str(directory)
+    if storage.is_s3(target):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "model"
+            _write_local(local, state, cfg, version)
+            storage.delete(target)
+            for file in sorted(local.iterdir()):
+                if file.name != MANIFEST:
+                    storage.put_file(file, storage.join(target, file.name))
+            storage.put_file(local / MANIFEST, storage.join(target, MANIFEST))  # last: marks it complete
+        return target
+    _replace_dir(Path(target), lambda tmp: _write_local(tmp, state, cfg, version))
+    return Path(target)
+
+
+def _write_local(directory: Path, state: dict[str, torch.Tensor], cfg: Config, version: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    write_weights(state, directory / WEIGHTS, metadata={"version": version, "config_hash": cfg.hash()})
+    (directory / CONFIG).write_text(cfg.to_yaml(), encoding="utf-8")
+    for name in (WEIGHTS, CONFIG):
+        _fsync(directory / name)
+    write_manifest(directory)
+    storage.fsync_dir(directory)
+
+
+def _replace_dir(target: Path, fill) -> None:
+    """Fill a temp dir beside `target`, then rename it into place (an existing one is swapped aside)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        if target.exists():  # a directory cannot be renamed over a non-empty one
+            os.rename(target, old)
+        os.rename(tmp, target)
+        storage.fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not target.exists():
+            os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def verify(uri: str | os.PathLike) -> list[str]:
+    """Problems with a model directory: a missing weights or config file, files that do not match
+    its manifest (a directory without a manifest is checked for its files only)."""
+    uri = str(uri)
+    problems = [f"{name} is missing" for name in (WEIGHTS, CONFIG) if not storage.exists(storage.join(uri, name))]
+    if not problems and storage.exists(storage.join(uri, MANIFEST)):
+        problems = [f"fails {MANIFEST}: {p}" for p in verify_manifest(uri)]
+    return problems
+
+
+def read_weights(uri: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The weights of a model directory (a checkpoint, a registry entry, final/), local or s3://."""
+    from safetensors.torch import load
+
+    path = storage.join(str(uri), WEIGHTS)
+    if not storage.exists(path):
+        raise FileNotFoundError(f"no {WEIGHTS} in {uri}")
+    return load(storage.read_bytes(path))
+
+
+def read_config(uri: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The resolved config a model directory holds, `key.path=value` overrides applied."""
+    cfg = validate(yaml.safe_load(storage.read_text(storage.join(str(uri), CONFIG))) or {})
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
+def load(uri: str | os.PathLike, check: bool = True) -> tuple[Config, dict[str, torch.Tensor], str]:
+    """(config, weights, version) of a model directory; with `check`, CheckpointError unless it verifies."""
+    from safetensors.torch import load as load_safetensors
+
+    uri = str(uri)
+    problems = verify(uri) if check else []
+    if problems:
+        raise CheckpointError(f"checkpoint {uri}: " + "; ".join(problems))
+    cfg = read_config(uri)
+    blob = storage.read_bytes(storage.join(uri, WEIGHTS))
+    return cfg, load_safetensors(blob), _safetensors_metadata(blob).get("version", DEFAULT_VERSION)
+
+
+def _safetensors_metadata(blob: bytes) -> dict[str, Any]:
+    """The `__metadata__` of a safetensors blob (8-byte little-endian header length, JSON header)."""
+    header_len = int.from_bytes(blob[:8], "little")
+    return json.loads(blob[8 : 8 + header_len]).get("__metadata__") or {}
+
+
+# ----------------------------------------------------------------------------- finding
+
+
+def is_registry_reference(ref: str) -> bool:
+    from aiprod.registry import NAME_RE
+
+    return ref in REGISTRY_POINTERS or NAME_RE.fullmatch(ref) is not None
+
+
+def locate(ref: str, registry_root: str, registry_cfg=None) -> tuple[str, str]:
+    """(model directory, label) for what a user named: an s3:// prefix or an existing directory as
+    it is, else a registry reference (`production`, `latest`, a version name) resolved under
+    `registry_root` (an s3:// version is downloaded to the cache and verified)."""
+    if storage.is_s3(ref) or Path(ref).exists():
+        return ref, ref.rstrip("/").rsplit("/", 1)[-1]
+    if is_registry_reference(ref):
+        from aiprod.registry import resolve
+
+        path = resolve(registry_root, ref, cfg=registry_cfg)
+        return str(path), Path(path).name
+    raise FileNotFoundError(f"{ref!r} is neither a model directory nor a registry reference ('production', "
+                            f"'latest' or a version name)")
