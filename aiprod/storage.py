@@ -141,23 +141,24 @@ def put_file(local: str | os.PathLike, uri: str | os.PathLike) -> None:
             dst.write(chunk)
 
 
-def list_files(uri: str | os.PathLike, recursive: bool = False) -> list[str]:
-    """Files (not directories) under `uri`, as URIs in the same scheme, sorted."""
+def _list(uri: str | os.PathLike, kind: pafs.FileType, recursive: bool) -> list[str]:
+    """Entries of one `kind` under `uri`, as URIs in the same scheme, sorted."""
     fs, path = open_fs(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
     prefix = "s3://" if is_s3(uri) else ""
-    return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File)
+    return sorted(prefix + i.path for i in infos if i.type == kind)
+
+
+def list_files(uri: str | os.PathLike, recursive: bool = False) -> list[str]:
+    """Files (not directories) under `uri`, as URIs in the same scheme, sorted."""
+    return _list(uri, pafs.FileType.File, recursive)
 
 
 def list_dirs(uri: str | os.PathLike) -> list[str]:
-    fs, path = open_fs(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return []
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    prefix = "s3://" if is_s3(uri) else ""
-    return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.Directory)
+    """Directories directly under `uri`, as URIs in the same scheme, sorted."""
+    return _list(uri, pafs.FileType.Directory, recursive=False)
 
 
 def makedirs(uri: str | os.PathLike) -> None:

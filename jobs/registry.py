@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aiprod.config import ConfigError, load_config  # noqa: E402
+from aiprod.config import Config, ConfigError, load_config  # noqa: E402
 from aiprod.registry import Registry, RegistryError  # noqa: E402
 
 
@@ -61,48 +61,74 @@ def _metrics_text(metrics: dict) -> str:
     return "  ".join(f"{k}={metrics[k]:.3g}" for k in keys if isinstance(metrics.get(k), (int, float)))
 
 
+def _publish(reg: Registry, cfg: Config, args: argparse.Namespace) -> int:
+    uri = reg.publish(args.checkpoint, args.version, report=args.report)
+    print(f"published {args.version} -> {uri}")
+    return 0
+
+
+def _list(reg: Registry, cfg: Config, args: argparse.Namespace) -> int:
+    rows = reg.list_versions()
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    if not rows:
+        print(f"no versions in {reg.root}")
+    for row in rows:
+        marks = ",".join(m for m in ("production", "latest") if row[m])
+        print(f"{row['version']:<48} {row['published_at'] or '?':<26} {marks:<18} {_metrics_text(row['metrics'])}")
+    return 0
+
+
+def _promote(reg: Registry, cfg: Config, args: argparse.Namespace) -> int:
+    if args.config or args.preset:
+        gates, source = cfg.eval.gates, f"--config {args.config}" if args.config else f"--preset {args.preset}"
+    else:
+        own = reg.config(args.version, args.set)
+        gates, source = own.eval.gates, f"the version's own config (preset {own.preset})"
+    print(f"release gates from {source}: {json.dumps(gates)}")
+    event = reg.promote(args.version, gates, force=args.force, reason=args.reason)
+    note = f" (forced: {args.reason}; failed gates: {'; '.join(event['gate_failures'])})" if event["forced"] else ""
+    print(f"production -> {args.version} (was {event['replaced']}){note}")
+    return 0
+
+
+def _rollback(reg: Registry, cfg: Config, args: argparse.Namespace) -> int:
+    event = reg.rollback()
+    print(f"production -> {event['version']} (rolled back from {event['replaced']})")
+    return 0
+
+
+def _verify(reg: Registry, cfg: Config, args: argparse.Namespace) -> int:
+    problems = reg.verify(args.version)
+    if problems:
+        print(f"registry: {args.version} FAILS verification:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(f"{args.version}: all files match the manifest")
+    return 0
+
+
+def _history(reg: Registry, cfg: Config, args: argparse.Namespace) -> int:
+    for event in reg.history():
+        print(json.dumps(event, ensure_ascii=False))
+    return 0
+
+
+def _resolve(reg: Registry, cfg: Config, args: argparse.Namespace) -> int:
+    print(reg.resolve(args.ref, args.cache_dir))
+    return 0
+
+
+COMMANDS = {"publish": _publish, "list": _list, "promote": _promote, "rollback": _rollback,
+            "verify": _verify, "history": _history, "resolve": _resolve}
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config or args.preset or "tiny", args.set)
     reg = Registry(args.root or cfg.registry.root, cfg.registry)
-    if args.command == "publish":
-        uri = reg.publish(args.checkpoint, args.version, report=args.report)
-        print(f"published {args.version} -> {uri}")
-    elif args.command == "list":
-        rows = reg.list_versions()
-        if args.json:
-            print(json.dumps(rows, indent=2, ensure_ascii=False))
-        elif not rows:
-            print(f"no versions in {reg.root}")
-        for row in rows if not args.json else []:
-            marks = ",".join(m for m in ("production", "latest") if row[m])
-            print(f"{row['version']:<48} {row['published_at'] or '?':<26} {marks:<18} {_metrics_text(row['metrics'])}")
-    elif args.command == "promote":
-        if args.config or args.preset:
-            gates, source = cfg.eval.gates, f"--config {args.config}" if args.config else f"--preset {args.preset}"
-        else:
-            own = reg.config(args.version, args.set)
-            gates, source = own.eval.gates, f"the version's own config (preset {own.preset})"
-        print(f"release gates from {source}: {json.dumps(gates)}")
-        event = reg.promote(args.version, gates, force=args.force, reason=args.reason)
-        note = f" (forced: {args.reason}; failed gates: {'; '.join(event['gate_failures'])})" if event["forced"] else ""
-        print(f"production -> {args.version} (was {event['replaced']}){note}")
-    elif args.command == "rollback":
-        event = reg.rollback()
-        print(f"production -> {event['version']} (rolled back from {event['replaced']})")
-    elif args.command == "verify":
-        problems = reg.verify(args.version)
-        if problems:
-            print(f"registry: {args.version} FAILS verification:", file=sys.stderr)
-            for problem in problems:
-                print(f"  {problem}", file=sys.stderr)
-            return 1
-        print(f"{args.version}: all files match the manifest")
-    elif args.command == "history":
-        for event in reg.history():
-            print(json.dumps(event, ensure_ascii=False))
-    elif args.command == "resolve":
-        print(reg.resolve(args.ref, args.cache_dir))
-    return 0
+    return COMMANDS[args.command](reg, cfg, args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,78 @@
+"""Building a registry entry from a checkpoint: the checks before a publish, the report, and the
+staged files (weights stamped with the version, config, state, report, entry.json, manifest)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from aiprod import manifest, storage
+from aiprod.registry.errors import IntegrityError, RegistryError
+from aiprod.registry.names import CONFIG, ENTRY, REPORT, STATE, WEIGHTS
+from aiprod.registry.stamps import actor, now
+
+COPY_CHUNK = 8 << 20
+
+
+def check_checkpoint(source: str) -> None:
+    """A checkpoint has weights and config, and matches its manifest when it has one."""
+    for required in (WEIGHTS, CONFIG):
+        if not storage.exists(storage.join(source, required)):
+            raise RegistryError(f"registry: checkpoint {source} has no {required}")
+    if storage.exists(storage.join(source, manifest.MANIFEST)):
+        problems = manifest.verify_manifest(source)
+        if problems:
+            raise IntegrityError(f"registry: checkpoint {source} fails its manifest: " + "; ".join(problems))
+
+
+def load_report(report: str | os.PathLike | dict[str, Any] | None) -> dict[str, Any] | None:
+    if report is None or isinstance(report, dict):
+        return report
+    try:
+        data = json.loads(storage.read_text(report))
+    except FileNotFoundError:
+        raise RegistryError(f"registry: report file {report} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"registry: report file {report} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"registry: report file {report} must hold a JSON object")
+    return data
+
+
+def stage_entry(source: str, staged: Path, version: str, report: dict[str, Any] | None) -> None:
+    """Write entry `version`'s files into `staged`, fsynced, manifest last."""
+    copy_stamped_weights(storage.join(source, WEIGHTS), staged / WEIGHTS, version)
+    (staged / CONFIG).write_bytes(storage.read_bytes(storage.join(source, CONFIG)))
+    if storage.exists(storage.join(source, STATE)):
+        (staged / STATE).write_bytes(storage.read_bytes(storage.join(source, STATE)))
+    if report is not None:
+        (staged / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False), "utf-8")
+    entry = {"version": version, "published_at": now(), "source": source, **actor()}
+    (staged / ENTRY).write_text(json.dumps(entry, indent=2), "utf-8")
+    for file in staged.iterdir():
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    manifest.write_manifest(staged)
+
+
+def copy_stamped_weights(src_uri: str, dst: Path, version: str) -> None:
+    """Copy a safetensors file with `version` written into its metadata, streaming the tensor bytes
+    (only the JSON header changes, so the copy costs no more memory than a chunk)."""
+    fs, path = storage.open_fs(src_uri)
+    with fs.open_input_stream(path) as src, open(dst, "wb") as out:
+        head = src.read(8)
+        if len(head) != 8:
+            raise RegistryError(f"registry: {src_uri} is not a safetensors file (too short)")
+        header_len = int.from_bytes(head, "little")
+        try:
+            header = json.loads(src.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RegistryError(f"registry: {src_uri} is not a safetensors file (bad header)") from None
+        header["__metadata__"] = {**(header.get("__metadata__") or {}), "version": version}
+        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        encoded += b" " * (-len(encoded) % 8)  # keep the tensor data 8-byte aligned
+        out.write(len(encoded).to_bytes(8, "little") + encoded)
+        while chunk := src.read(COPY_CHUNK):
+            out.write(chunk)
