@@ -1,4 +1,4 @@
-"""Local rehearsal of a cloud burst (aiprod.cloud_rehearsal): cluster.yaml's worker types on Ray's
+"""Local rehearsal of a cloud burst (aiprod.ops.rehearsal): cluster.yaml's worker types on Ray's
 fake multi-node provider, token auth on, the tiny curriculum across two launched worker nodes,
 scale-down when idle.
 
@@ -24,7 +24,7 @@ def report(tmp_path_factory) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
-        [sys.executable, "-m", "aiprod.cloud_rehearsal", "--out", str(out), "--idle-timeout-s", "10"],
+        [sys.executable, "-m", "aiprod.ops.rehearsal", "--out", str(out), "--idle-timeout-s", "10"],
         env=env, capture_output=True, text=True, timeout=840,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

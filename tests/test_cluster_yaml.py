@@ -16,7 +16,7 @@ import boto3
 import pytest
 import yaml
 
-from aiprod import cloud
+from aiprod.ops import aws_setup, cluster_config, iam_policies, security_rules
 from aiprod.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,31 +24,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def cluster() -> dict:
-    return cloud.load_cluster_yaml(ROOT / "cluster.yaml")
+    return cluster_config.load_cluster_yaml(ROOT / "cluster.yaml")
 
 
 @pytest.fixture(scope="module")
 def ray_version() -> str:
-    return cloud.pinned_ray_version(ROOT / "constraints.txt")
+    return cluster_config.pinned_ray_version(ROOT / "constraints.txt")
 
 
 def test_cluster_yaml_passes_the_installed_rays_schema(cluster):
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    assert cloud.schema_errors(cluster) == []
+    assert cluster_config.schema_errors(cluster) == []
     validate_config(prepare_config(copy.deepcopy(cluster)))  # Ray's own check, as `ray up` runs it
 
 
 def test_schema_check_catches_unknown_keys(cluster):
     cluster["head_node_typo"] = "head"
     cluster["available_node_types"]["gpu24_spot"]["resources"]["GPU"] = 0.5
-    errors = cloud.schema_errors(cluster)
+    errors = cluster_config.schema_errors(cluster)
     assert any("head_node_typo" in e for e in errors)
     assert any("gpu24_spot.resources.GPU" in e for e in errors)
 
 
 def test_security_invariants_hold(cluster, ray_version):
-    assert cloud.security_problems(cluster, ray_version) == []
+    assert security_rules.security_problems(cluster, ray_version) == []
     assert ray_version == __import__("ray").__version__  # the venv runs the pinned Ray too
 
 
@@ -163,9 +163,9 @@ MUTATIONS = {
 @pytest.mark.parametrize("name", list(MUTATIONS))
 def test_checker_fails_on_a_broken_copy(cluster, ray_version, name):
     mutate, expected = MUTATIONS[name]
-    assert cloud.security_problems(cluster, ray_version) == []
+    assert security_rules.security_problems(cluster, ray_version) == []
     mutate(cluster)
-    problems = cloud.security_problems(cluster, ray_version)
+    problems = security_rules.security_problems(cluster, ray_version)
     assert any(expected in p for p in problems), problems
 
 
@@ -174,7 +174,7 @@ def test_check_cli_exits_nonzero_on_a_broken_file(cluster, tmp_path, name):
     MUTATIONS[name][0](cluster)
     broken = tmp_path / "cluster.yaml"
     broken.write_text(yaml.safe_dump(cluster))
-    cmd = [sys.executable, "-m", "aiprod.cloud", "check"]
+    cmd = [sys.executable, "-m", "aiprod.ops.cloud", "check"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     good = subprocess.run(cmd + [str(ROOT / "cluster.yaml")], env=env, capture_output=True, text=True)
     bad = subprocess.run(cmd + [str(broken)], env=env, capture_output=True, text=True)
@@ -185,15 +185,15 @@ def test_check_cli_exits_nonzero_on_a_broken_file(cluster, tmp_path, name):
 def test_policy_files_match_the_generator_and_cover_only_project_buckets(cluster):
     worker = json.loads((ROOT / "docs/iam-policy.json").read_text())
     head = json.loads((ROOT / "docs/iam-policy-head.json").read_text())
-    assert worker == cloud.bucket_policy(cloud.DEFAULT_BUCKETS)
-    assert head == cloud.head_policy(cluster["cluster_name"], "aiprod-worker")
+    assert worker == iam_policies.bucket_policy(cluster_config.DEFAULT_BUCKETS)
+    assert head == iam_policies.head_policy(cluster["cluster_name"], "aiprod-worker")
     s3_resources = [r for st in worker["Statement"] for r in st["Resource"]]
     assert s3_resources and all(r.startswith("arn:aws:s3:::aiprod-") for r in s3_resources)
     assert all(a.startswith("s3:") for st in worker["Statement"] for a in st["Action"])
     # The cluster preset's S3 locations are inside the policy's buckets.
     cfg = load_config("cluster")
     for uri in (cfg.train.storage, cfg.registry.root):
-        assert uri.split("/")[2] in cloud.DEFAULT_BUCKETS, uri
+        assert uri.split("/")[2] in cluster_config.DEFAULT_BUCKETS, uri
     # The head may end instances only when they carry this cluster's tag.
     ending = [st for st in head["Statement"] if "ec2:TerminateInstances" in st["Action"]]
     assert ending and all(st["Condition"]["StringEquals"] == {"ec2:ResourceTag/ray-cluster-name": "aiprod"}
@@ -202,17 +202,17 @@ def test_policy_files_match_the_generator_and_cover_only_project_buckets(cluster
 
 def test_setup_rejects_world_and_bad_cidrs():
     for cidr in ("0.0.0.0/0", "::/0"):
-        with pytest.raises(cloud.CloudError, match="whole internet"):
-            cloud.parse_cidr(cidr, "--ssh-cidr")
-    with pytest.raises(cloud.CloudError, match="not a CIDR"):
-        cloud.parse_cidr("my-laptop", "--ssh-cidr")
-    assert cloud.parse_cidr("203.0.113.7", "--ssh-cidr") == "203.0.113.7/32"
+        with pytest.raises(cluster_config.CloudError, match="whole internet"):
+            aws_setup.parse_cidr(cidr, "--ssh-cidr")
+    with pytest.raises(cluster_config.CloudError, match="not a CIDR"):
+        aws_setup.parse_cidr("my-laptop", "--ssh-cidr")
+    assert aws_setup.parse_cidr("203.0.113.7", "--ssh-cidr") == "203.0.113.7/32"
 
 
 def test_serve_opt_in_requires_the_api_key(cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(cloud.CloudError, match="no API key"):
-        cloud.setup(cluster, "203.0.113.7/32", serve_cidr="198.51.100.0/24")
+    with pytest.raises(cluster_config.CloudError, match="no API key"):
+        aws_setup.setup(cluster, "203.0.113.7/32", serve_cidr="198.51.100.0/24")
 
 
 def _isolated(cluster: dict) -> dict:
@@ -253,11 +253,11 @@ def _ray_bootstrap(cluster: dict, tmp_path: Path) -> dict:
 def test_setup_on_moto_then_rays_bootstrap_opens_nothing_to_the_world(cluster, s3_endpoint, tmp_path):
     cluster = _isolated(cluster)
     group_name = cluster["provider"]["security_group"]["GroupName"]
-    result = cloud.setup(cluster, "203.0.113.7/32")
-    assert cloud.setup(cluster, "203.0.113.7/32") == result  # idempotent
+    result = aws_setup.setup(cluster, "203.0.113.7/32")
+    assert aws_setup.setup(cluster, "203.0.113.7/32") == result  # idempotent
 
     rules = _ingress(group_name)
-    assert cloud._world_rules(rules) == []
+    assert security_rules.world_open_rules(rules) == []
     ssh = [r for r in rules if r.get("FromPort") == 22]
     assert [r["CidrIp"] for r in ssh[0]["IpRanges"]] == ["203.0.113.7/32"]
     assert not [r for r in rules if r.get("FromPort") in (6379, 8265, 10001, 8000)]
@@ -276,35 +276,35 @@ def test_setup_on_moto_then_rays_bootstrap_opens_nothing_to_the_world(cluster, s
     # Ray's bootstrap finds the group by name and uses it as is, for every node type.
     groups = _ray_bootstrap(cluster, tmp_path)
     assert set(map(tuple, groups.values())) == {(result["security_group"],)}
-    assert cloud._world_rules(_ingress(group_name)) == []
+    assert security_rules.world_open_rules(_ingress(group_name)) == []
 
 
 def test_without_the_named_group_ray_would_open_ssh_to_the_world(cluster, s3_endpoint, tmp_path):
     """Why cluster.yaml names a pre-made group: Ray's default group allows SSH from 0.0.0.0/0."""
     cluster = _isolated(cluster)
     cluster["provider"].pop("security_group")
-    assert any("SSH open to 0.0.0.0/0" in p for p in cloud.security_problems(
-        cluster, cloud.pinned_ray_version(ROOT / "constraints.txt")))
+    assert any("SSH open to 0.0.0.0/0" in p for p in security_rules.security_problems(
+        cluster, cluster_config.pinned_ray_version(ROOT / "constraints.txt")))
     _ray_bootstrap(cluster, tmp_path)
     rules = _ingress(f"ray-autoscaler-{cluster['cluster_name']}")
-    assert cloud._world_rules(rules) == ["port 22 (SSH)"]
+    assert security_rules.world_open_rules(rules) == ["port 22 (SSH)"]
 
 
 def test_setup_revokes_world_rules_and_opens_serve_only_on_opt_in(cluster, s3_endpoint, tmp_path, monkeypatch):
     cluster = _isolated(cluster)
     group_name = cluster["provider"]["security_group"]["GroupName"]
     ec2 = boto3.client("ec2", region_name="us-east-1")
-    vpc = cloud.default_vpc(ec2)
+    vpc = aws_setup.default_vpc(ec2)
     group_id = ec2.create_security_group(GroupName=group_name, Description="pre-existing", VpcId=vpc)["GroupId"]
     ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=_world(8265))
 
-    cloud.setup(cluster, None)  # --no-ssh: reach nodes with SSM
+    aws_setup.setup(cluster, None)  # --no-ssh: reach nodes with SSM
     rules = _ingress(group_name)
-    assert cloud._world_rules(rules) == [] and not [r for r in rules if r.get("FromPort") == 22]
+    assert security_rules.world_open_rules(rules) == [] and not [r for r in rules if r.get("FromPort") == 22]
 
     (tmp_path / ".aiprod").mkdir()
     (tmp_path / ".aiprod/api_key").write_text("k" * 32)
     monkeypatch.setenv("HOME", str(tmp_path))
-    cloud.setup(cluster, None, serve_cidr="198.51.100.0/24")
-    serve = [r for r in _ingress(group_name) if r.get("FromPort") == cloud.SERVE_PORT]
+    aws_setup.setup(cluster, None, serve_cidr="198.51.100.0/24")
+    serve = [r for r in _ingress(group_name) if r.get("FromPort") == cluster_config.SERVE_PORT]
     assert [r["CidrIp"] for r in serve[0]["IpRanges"]] == ["198.51.100.0/24"]

@@ -2,13 +2,15 @@
 provider, with token authentication on, the tiny curriculum across two launched worker nodes,
 and scale-down.
 
-    python -m aiprod.cloud_rehearsal --out out/rehearsal      # prints one JSON report
+    python -m aiprod.ops.rehearsal --out out/rehearsal      # prints one JSON report
 
 The head starts with `--autoscaling-config` like `ray up` does; the autoscaler (v2, as `ray up`
 runs it) launches fake worker nodes (raylets on this machine) when the job's demand cannot fit,
 prefers the spot types by their priority, and removes the nodes once idle. The head has 0 CPUs,
 as on AWS, so work can only run on launched workers. The whole cluster runs in its own process
 group and is ended by that group's id; no `ray stop`, which would end every Ray on the machine.
+The job and the token checks are drivers of their own: `aiprod.ops.rehearsal_job` and
+`aiprod.ops.token_probe`, each run with `python -m` against the cluster.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiprod.cloud import DEFAULT_CLUSTER_YAML, load_cluster_yaml
+from aiprod.ops.cluster_config import DEFAULT_CLUSTER_YAML, ROOT, load_cluster_yaml
 
 FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
 FAKE_HEAD_TYPE = "ray.head.default"  # the fake provider names the head's type so
 REHEARSAL_TOKEN = "aiprod-rehearsal-token-0123456789abcdef"  # a throwaway token for a loopback cluster
+JOB_MODULE = "aiprod.ops.rehearsal_job"
+TOKEN_PROBE_MODULE = "aiprod.ops.token_probe"
 
 
 def free_port() -> int:
@@ -162,71 +166,13 @@ class FakeCluster:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def run_driver(address: str, env: dict[str, str], script: str, timeout_s: float) -> dict[str, Any]:
-    """Run a Python driver against the cluster in a fresh process; its last stdout line is JSON."""
-    out = subprocess.run([sys.executable, "-c", script, address], env=env, capture_output=True,
+def run_driver(address: str, env: dict[str, str], module: str, timeout_s: float) -> dict[str, Any]:
+    """Run a driver module against the cluster in a fresh process; its last stdout line is JSON."""
+    out = subprocess.run([sys.executable, "-m", module, address], env=env, capture_output=True,
                          text=True, timeout=timeout_s)
     if out.returncode != 0:
         raise RuntimeError(f"driver failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-# The job: the tiny curriculum (phases 0-1) with its two training workers STRICT_SPREAD over
-# worker nodes the 0-CPU head cannot hold, watched from a driver that counts the worker nodes;
-# then an idle wait while the nodes go away.
-CURRICULUM_JOB = r"""
-import json, os, subprocess, sys, time
-import ray
-
-ray.init(address=sys.argv[1], log_to_driver=False)
-def workers():
-    return [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
-work = os.environ["REHEARSAL_WORKDIR"]
-before = len(workers())
-t0 = time.monotonic()
-cmd = [sys.executable, os.path.join(os.environ["REHEARSAL_ROOT"], "jobs", "curriculum.py"), "--demo",
-       "--storage", os.path.join(work, "runs"), "--run-name", "rehearsal", "--end-phase", "1", "--workers", "2",
-       "--ray-address", sys.argv[1], "train.placement_strategy=STRICT_SPREAD", "train.demo_clips=80",
-       "curriculum.phases.0.steps=8", "curriculum.phases.1.steps=8"]
-with open(os.path.join(work, "curriculum.log"), "wb") as log:
-    proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT)
-    peak, up_s, labels = before, None, {}
-    deadline = t0 + float(os.environ["REHEARSAL_UP_TIMEOUT_S"])
-    while proc.poll() is None:
-        alive = workers()
-        labels.update({n["NodeID"]: n.get("Labels", {}) for n in alive})
-        peak = max(peak, len(alive))
-        if up_s is None and len(alive) >= 2:
-            up_s = time.monotonic() - t0
-        if time.monotonic() > deadline:
-            proc.kill()
-        time.sleep(1)
-run_s = time.monotonic() - t0
-summary_path = os.path.join(work, "runs", "rehearsal", "summary.json")
-summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
-nodes = summary.get("worker_nodes", [])
-curriculum = {"returncode": proc.returncode, "status": summary.get("status"), "global_step": summary.get("global_step"),
-              "phases": [p["name"] for p in summary.get("phases", [])], "worker_nodes": nodes, "run_s": run_s}
-t1 = time.monotonic()
-deadline = t1 + float(os.environ["REHEARSAL_DOWN_TIMEOUT_S"])
-while workers() and time.monotonic() < deadline:
-    time.sleep(1)
-print(json.dumps({"workers_before": before, "workers_peak": peak, "scale_up_s": up_s, "curriculum": curriculum,
-                  "labels": {n: labels.get(n, {}) for n in nodes},
-                  "workers_after": len(workers()), "scale_down_s": time.monotonic() - t1}))
-"""
-
-# Connects with whatever token its environment gives: the cluster's is accepted, another refused.
-TOKEN_PROBE = r"""
-import json, sys
-import ray
-try:
-    ray.init(address=sys.argv[1], log_to_driver=False)
-    ok = bool(ray.nodes())
-    print(json.dumps({"connected": ok, "error": None}))
-except Exception as exc:
-    print(json.dumps({"connected": False, "error": f"{type(exc).__name__}: {exc}"[:300]}))
-"""
 
 
 def rehearse(
@@ -245,8 +191,7 @@ def rehearse(
     token_file.write_text(REHEARSAL_TOKEN)
     token_file.chmod(0o600)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    base_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                           os.environ.get("PYTHONPATH")]))
+    base_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     base_env["RAY_USAGE_STATS_ENABLED"] = "0"
     auth_env = {**base_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
     address = f"127.0.0.1:{free_port()}"
@@ -260,14 +205,14 @@ def rehearse(
         report["head_start_s"] = time.monotonic() - t0
         job_env = {**auth_env, "REHEARSAL_UP_TIMEOUT_S": str(up_timeout_s),
                    "REHEARSAL_DOWN_TIMEOUT_S": str(down_timeout_s), "REHEARSAL_WORKDIR": str(work),
-                   "REHEARSAL_ROOT": str(Path(__file__).resolve().parents[1])}
-        report["job"] = run_driver(address, job_env, CURRICULUM_JOB, up_timeout_s + down_timeout_s + 120)
-        report["right_token"] = run_driver(address, auth_env, TOKEN_PROBE, 120)
+                   "REHEARSAL_ROOT": str(ROOT)}
+        report["job"] = run_driver(address, job_env, JOB_MODULE, up_timeout_s + down_timeout_s + 120)
+        report["right_token"] = run_driver(address, auth_env, TOKEN_PROBE_MODULE, 120)
         wrong = work / "wrong_token"
         wrong.write_text("not-the-cluster-token-0123456789abcdef")
         report["wrong_token"] = run_driver(
             address, {**base_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong)},
-            TOKEN_PROBE, 120)
+            TOKEN_PROBE_MODULE, 120)
     finally:
         head.stop()
     report["total_s"] = time.monotonic() - t0
@@ -275,7 +220,7 @@ def rehearse(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aiprod.cloud_rehearsal", description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser = argparse.ArgumentParser(prog="python -m aiprod.ops.rehearsal", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--cluster-yaml", default=str(DEFAULT_CLUSTER_YAML))
     parser.add_argument("--out", help="work dir (logs, report.json); default: a temp dir")
     parser.add_argument("--idle-timeout-s", type=float, default=10.0)
