@@ -159,3 +159,57 @@ def test_evaluate_fails_clearly(tmp_path, run_dir, capsys):
     rc, err = _evaluate_in_process(capsys, "--version", "pib-videogen-standard-v9.0.0-general", "--registry",
                                    str(tmp_path / "empty-registry"), "--out", str(tmp_path / "r"))
     assert rc == 1 and "no version pib-videogen-standard-v9.0.0-general" in err
+
+
+def test_tune_objective_and_evaluation_compare_with_the_same_heldout_clips(shards):
+    """One held-out reader: Tune's objective holds the features and captions of the very clips the
+    evaluation compares with (its first tune.val_clips of them), read the same way every time."""
+    import numpy as np
+
+    from aiprod.config import load_config
+    from aiprod.eval.heldout import read_heldout
+    from aiprod.eval.metrics import make_extractor
+    from aiprod.eval.report import reference_clips
+    from aiprod.eval.settings import clip_spec
+    from aiprod.tuning.objective import Objective
+
+    cfg = load_config("tiny", ["eval.heldout_clips=3", "tune.val_clips=3"])
+    spec = clip_spec(cfg)
+    clips, data = reference_clips(cfg, spec, str(shards), cases=[])
+    assert data["split"] == "heldout" and data["clips"] == len(clips) == 3
+    objective = Objective.from_data(str(shards), cfg)
+    extractor = make_extractor(cfg.eval.i3d_weights)
+    np.testing.assert_array_equal(objective.reference, extractor(clips))
+
+    again = read_heldout(str(shards), 3, spec, seed=cfg.data.seed)
+    assert [c.key for c in again.clips] == objective.keys
+    assert [(c.caption, c.language) for c in again.clips] == objective.captions
+    for clip, frames in zip(again.clips, clips):
+        np.testing.assert_array_equal(clip.frames, frames)
+        assert clip.frames.shape == (spec.frames, spec.height, spec.width, 3)
+
+    fewer = Objective.from_data(str(shards), load_config("tiny", ["tune.val_clips=2"]))
+    assert fewer.keys == objective.keys[:2]
+    np.testing.assert_array_equal(fewer.reference, extractor(clips[:2]))
+
+
+def test_plots_draw_both_contact_sheets_and_loss_curves():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from aiprod import plots
+
+    video = np.random.default_rng(0).integers(0, 256, (9, 16, 20, 3), dtype=np.uint8)
+    row = Image.open(io.BytesIO(plots.contact_sheet_png(video, 4)))
+    np.testing.assert_array_equal(np.asarray(row), np.concatenate([video[i] for i in (0, 3, 5, 8)], axis=1))
+    with pytest.raises(ValueError, match=r"expects frames \[T,H,W,3\]"):
+        plots.contact_sheet_png(video[..., 0], 4)
+    sheet = Image.open(io.BytesIO(plots.labelled_contact_sheet_png([("a", video), ("b", video)], 3, 32, "t")))
+    assert sheet.size == (110 + 3 * 40 + 2 * 2 + 4, 20 + 2 * (32 + 4) + 4)
+
+    assert plots.phase_loss_curves_png([{"event": "checkpoint"}]) is None
+    records = [{"phase": 0, "phase_name": "vae", "global_step": s, "loss": 1.0 / s} for s in range(1, 6)]
+    for png in (plots.phase_loss_curves_png(records), plots.loss_curve_png([1.0 / s for s in range(1, 9)], "t")):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"

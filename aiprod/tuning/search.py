@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from aiprod import storage
+from aiprod import plots, storage
 from aiprod.config import Config, ConfigError
 from aiprod.tuning import space
-from aiprod.tuning.objective import Objective, load_heldout
+from aiprod.tuning.objective import Objective
 from aiprod.tuning.trial import TRIALS_DIR, TrialContext, run_trial
 
 log = logging.getLogger("aiprod.tuning")
@@ -160,8 +160,7 @@ def run_search(cfg: Config, opts: SearchOptions) -> dict[str, Any]:
         raise ConfigError(f"config: --data: no index.json in {opts.data} (build shards with jobs/make_shards.py)")
     max_reports(cfg)  # every tuned phase has a step count
 
-    phase = cfg.curriculum.phases[cfg.tune.phase]
-    objective = Objective.from_heldout(load_heldout(opts.data, cfg, phase, cfg.tune.val_clips), cfg, phase)
+    objective = Objective.from_data(opts.data, cfg)
     requested = requested_concurrency(cfg, opts.max_concurrent)
     concurrency = auto_concurrency(cfg, ray.cluster_resources()) if requested == "auto" else requested
     print(f"search: {uri} ({'resume' if opts.resume else 'new'}; {opts.samples or cfg.tune.num_samples} trials, "
@@ -219,18 +218,10 @@ def best_row(cfg: Config, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return (min if cfg.tune.mode == "min" else max)(pool, key=lambda r: r[metric])
 
 
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
-
-
 def objective_plot(cfg: Config, rows: list[dict[str, Any]]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    plt = plots.pyplot()
 
     metric, keys = cfg.tune.metric, list(cfg.tune.space)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
@@ -250,9 +241,7 @@ def objective_plot(cfg: Config, rows: list[dict[str, Any]]) -> bytes:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle("objective vs searched values (last report of each trial)", fontsize=10)
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return plots.figure_png(fig, dpi=110, bbox_inches="tight")
 
 
 def importances(cfg: Config, rows: list[dict[str, Any]]) -> dict[str, float] | None:
@@ -273,18 +262,11 @@ def importances(cfg: Config, rows: list[dict[str, Any]]) -> dict[str, float] | N
 
 
 def importance_plot(values: dict[str, float]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.5 * len(values)))
+    fig, ax = plots.pyplot().subplots(figsize=(5, 0.5 + 0.5 * len(values)))
     names = list(values)[::-1]
     ax.barh(names, [values[n] for n in names], color="tab:green")
     ax.set_xlabel("importance (fANOVA, normalised)")
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return plots.figure_png(fig, dpi=110, bbox_inches="tight")
 
 
 def write_outputs(cfg: Config, grid, uri: str) -> dict[str, Any]:
