@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 from aiprod import storage  # noqa: E402
 from aiprod.config import DataConfig, PhaseConfig  # noqa: E402
-from aiprod.data import shards, video  # noqa: E402
+from aiprod.data import shards, synthetic_shards, video, video_encode  # noqa: E402
 from aiprod.data.synthetic import make_clip  # noqa: E402
 
 HD_NOISE_SIGMA = 6.0
@@ -90,7 +90,7 @@ def hd_decode(seconds: float, fps: float, repeats: int) -> dict[str, float]:
     frames, _ = make_clip(3, 0, int(seconds * fps), 720, 1280, fps)
     noise = np.random.default_rng(0).normal(0.0, HD_NOISE_SIGMA, frames.shape)
     frames = np.clip(frames + noise, 0, 255).astype(np.uint8)
-    data = video.encode_mp4(frames, fps, crf=23, preset="veryfast")
+    data = video_encode.encode_mp4(frames, fps, crf=23, preset="veryfast")
 
     def decode(threads: int, rgb: bool = False) -> int:
         with av.open(video._as_file(data)) as container:
@@ -132,8 +132,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="aiprod-bench-data-") as tmp:
         uri = args.keep or str(Path(tmp) / "shards")
         start = time.perf_counter()
-        built = shards.build_synthetic_shards(uri, args.clips, size=(args.size, args.size), frames=args.frames,
-                                              fps=args.fps, heldout_fraction=0.0, data=data, workers=args.cores)
+        built = synthetic_shards.build_synthetic_shards(uri, args.clips, size=(args.size, args.size),
+                                                        frames=args.frames, fps=args.fps, heldout_fraction=0.0,
+                                                        data=data, workers=args.cores)
         build_s = time.perf_counter() - start
 
         # passes interleaved, best of each: the machine may be shared and its load drift. The first

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     phase = cfg.curriculum.phases[index]
     data, weights, cache, runs = (str(out / d) for d in ("data", "weights", "latents", "runs"))
 
-    from aiprod.data.shards import build_synthetic_shards
+    from aiprod.data.synthetic_shards import build_synthetic_shards
     from aiprod.ray_local import init_ray
 
     if not storage.exists(storage.join(data, "index.json")):

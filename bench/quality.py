@@ -77,7 +77,7 @@ def encode_minutes(run: str) -> float:
 
 
 def build_data(cfg: Config, uri: str, clips: int) -> None:
-    from aiprod.data.shards import build_synthetic_shards
+    from aiprod.data.synthetic_shards import build_synthetic_shards
 
     if storage.exists(storage.join(uri, "index.json")):
         print(f"data: reusing {uri}", flush=True)

@@ -81,7 +81,7 @@ def load(args: argparse.Namespace):
 
 
 def build_demo_shards(cfg, uri: str) -> None:
-    from aiprod.data.shards import build_synthetic_shards
+    from aiprod.data.synthetic_shards import build_synthetic_shards
 
     if storage.exists(storage.join(uri, "index.json")):
         return
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.demo and args.data is None:
         build_demo_shards(cfg, opts.data)
-    from aiprod.data.dataset import TrainingDataError, data_error_message
+    from aiprod.data.bad_samples import TrainingDataError, data_error_message
     from aiprod.data.latent_cache import LatentCacheError
     from aiprod.training.runner import RunExistsError, run_curriculum
 

@@ -20,12 +20,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from aiprod.cli import job_parser  # noqa: E402
 from aiprod.config import ConfigError, load_config  # noqa: E402
 from aiprod.data import shards  # noqa: E402
+from aiprod.data.ingest import build_video_shards  # noqa: E402
+from aiprod.data.synthetic_shards import build_synthetic_shards  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p = job_parser(__doc__)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", help="directory of videos (local or s3://)")
     src.add_argument("--synthetic", type=int, metavar="N", help="make N synthetic clips instead")
@@ -72,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
                 levels = [int(v) for v in args.levels.split(",") if v.strip()]
             except ValueError:
                 raise ValueError(f"--levels must be comma-separated levels 1..5, got {args.levels!r}") from None
-            summary = shards.build_synthetic_shards(
+            summary = build_synthetic_shards(
                 args.out, args.synthetic, levels, args.size, args.frames, args.fps,
                 data.seed if args.seed is None else args.seed, data=data,
                 heldout_fraction=args.heldout_fraction, workers=workers, progress=not args.no_progress)
         else:
-            summary = shards.build_video_shards(
+            summary = build_video_shards(
                 args.out, args.videos, args.captions, data, max_side=args.max_side, clip_frames=args.clip_frames,
                 clip_fps=args.clip_fps, heldout_fraction=args.heldout_fraction, workers=workers,
                 progress=not args.no_progress)

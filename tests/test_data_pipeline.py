@@ -13,10 +13,11 @@ import torch
 
 from aiprod.config import DataConfig, PhaseConfig
 from aiprod.data import shards
-from aiprod.data.dataset import (BadSamplesError, ModelBatchCollate, bad_sample_stats, build_phase_dataset,
-                                 data_error_message, eligible_samples, to_model_batch)
+from aiprod.data.bad_samples import BadSamplesError, bad_sample_stats, data_error_message
+from aiprod.data.dataset import ModelBatchCollate, build_phase_dataset, eligible_samples, to_model_batch
 from aiprod.data.synthetic import make_clip
-from aiprod.data.video import encode_mp4
+from aiprod.data.synthetic_shards import build_synthetic_shards
+from aiprod.data.video_encode import encode_mp4
 
 T, H, W, FPS = 9, 32, 32, 8.0
 
@@ -73,8 +74,8 @@ def sample(key: str, level: int | None, frames: int = 12, mp4: bytes | None = No
 @pytest.fixture(scope="module")
 def local_shards(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("pipeline") / "shards"
-    shards.build_synthetic_shards(str(out), 20, levels=[1, 2, 3, 4, 5], size=(H, W), frames=T, fps=FPS,
-                                  heldout_fraction=0.0, workers=1, data=DataConfig(shard_target_mb=0.05))
+    build_synthetic_shards(str(out), 20, levels=[1, 2, 3, 4, 5], size=(H, W), frames=T, fps=FPS,
+                           heldout_fraction=0.0, workers=1, data=DataConfig(shard_target_mb=0.05))
     return str(out)
 
 
@@ -147,8 +148,8 @@ def test_untagged_and_too_short_videos_are_filtered_before_decoding(ray_cluster,
 
 
 def test_pipeline_on_s3_shards(ray_cluster, s3_uri):
-    shards.build_synthetic_shards(s3_uri, 10, levels=[3, 4, 5], size=(H, W), frames=T, fps=FPS,
-                                  heldout_fraction=0.2, workers=1)
+    build_synthetic_shards(s3_uri, 10, levels=[3, 4, 5], size=(H, W), frames=T, fps=FPS,
+                           heldout_fraction=0.2, workers=1)
     train = rows(build_phase_dataset(s3_uri, phase([3, 4]), data_config()))
     assert {r["level"] for r in train} == {3, 4}
     assert len(train) == eligible_samples(s3_uri, phase([3, 4]), data_config()) >= 4

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from aiprod.data import shards
+from aiprod.data.ingest import build_video_shards
 from aiprod.data.synthetic import make_clip
-from aiprod.data.video import encode_mp4, write_mp4
+from aiprod.data.synthetic_shards import build_synthetic_shards
+from aiprod.data.video_encode import encode_mp4, write_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
 T, H, W, FPS = 9, 32, 32, 8.0
@@ -157,13 +159,13 @@ def test_synthetic_shards_with_heldout_split_round_trip_captions(tmp_path):
 
 
 def test_shards_on_s3_build_and_check(s3_uri):
-    summary = shards.build_synthetic_shards(s3_uri, 6, levels=[1, 3], size=(H, W), frames=T, fps=FPS,
-                                            heldout_fraction=0.0, workers=1)
+    summary = build_synthetic_shards(s3_uri, 6, levels=[1, 3], size=(H, W), frames=T, fps=FPS,
+                                     heldout_fraction=0.0, workers=1)
     assert summary["samples"] == 6
     assert shards.check_shards(s3_uri) == []
     assert make_shards("--check", s3_uri).returncode == 0
-    again = shards.build_synthetic_shards(s3_uri, 6, levels=[1, 3], size=(H, W), frames=T, fps=FPS,
-                                          heldout_fraction=0.0, workers=1)
+    again = build_synthetic_shards(s3_uri, 6, levels=[1, 3], size=(H, W), frames=T, fps=FPS,
+                                   heldout_fraction=0.0, workers=1)
     assert again["shards_skipped"] == again["shards"]
     # write_mp4 publishes to S3 as well
     write_mp4(make_clip(1, 0, 3, 16, 16, FPS)[0], f"{s3_uri}/one.mp4", FPS)
@@ -182,8 +184,8 @@ def test_videos_and_captions_read_from_s3(s3_uri, tmp_path):
         write_mp4(make_clip(1, 0, 10, 32, 32, FPS)[0], f"{s3_uri}/videos/{key}.mp4", FPS)
     storage.write_text_atomic(f"{s3_uri}/videos/v1.txt", CAPTIONS["v1"][0])
     storage.write_text_atomic(f"{s3_uri}/captions.jsonl", json.dumps({"path": "v0.mp4", "caption": "from s3"}) + "\n")
-    summary = shards.build_video_shards(str(tmp_path / "out"), f"{s3_uri}/videos", f"{s3_uri}/captions.jsonl",
-                                        heldout_fraction=0.0, workers=1)
+    summary = build_video_shards(str(tmp_path / "out"), f"{s3_uri}/videos", f"{s3_uri}/captions.jsonl",
+                                 heldout_fraction=0.0, workers=1)
     assert summary["samples"] == 2 and summary["rejected"] == 0
     samples = tar_samples(tmp_path / "out" / "shard-000000.tar")
     assert samples["v0"]["caption"] == "from s3" and samples["v1"]["caption"] == CAPTIONS["v1"][0]

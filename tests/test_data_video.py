@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from aiprod.data import video
+from aiprod.data import video, video_encode
 
 
 def grey_ramp(frames: int, height: int = 24, width: int = 32) -> np.ndarray:
@@ -25,7 +25,7 @@ def frame_ids(clip: np.ndarray) -> list[int]:
 def test_write_mp4_reads_back_as_h264_yuv420p_with_faststart(tmp_path):
     frames = np.random.default_rng(0).integers(0, 256, (9, 32, 48, 3), dtype=np.uint8)
     path = tmp_path / "clip.mp4"
-    video.write_mp4(frames, path, fps=8)
+    video_encode.write_mp4(frames, path, fps=8)
     data = path.read_bytes()
     assert data.index(b"moov") < data.index(b"mdat")  # +faststart: the index comes first
     with av.open(str(path)) as container:
@@ -39,7 +39,7 @@ def test_write_mp4_reads_back_as_h264_yuv420p_with_faststart(tmp_path):
 def test_write_mp4_pads_odd_sizes_keeps_ntsc_rates_and_writes_file_objects():
     frames = np.zeros((5, 31, 33, 3), np.uint8)
     buffer = io.BytesIO()
-    video.write_mp4(frames, buffer, fps=30000 / 1001)
+    video_encode.write_mp4(frames, buffer, fps=30000 / 1001)
     with av.open(io.BytesIO(buffer.getvalue())) as container:
         stream = container.streams.video[0]
         assert (stream.width, stream.height) == (34, 32)
@@ -48,21 +48,21 @@ def test_write_mp4_pads_odd_sizes_keeps_ntsc_rates_and_writes_file_objects():
 
 def test_write_mp4_rejects_bad_frames_by_name(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
-        video.write_mp4(np.zeros((2, 8, 8, 3), np.float32), tmp_path / "a.mp4", 8)
+        video_encode.write_mp4(np.zeros((2, 8, 8, 3), np.float32), tmp_path / "a.mp4", 8)
     with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
-        video.write_mp4(np.zeros((8, 8, 3), np.uint8), tmp_path / "a.mp4", 8)
+        video_encode.write_mp4(np.zeros((8, 8, 3), np.uint8), tmp_path / "a.mp4", 8)
     with pytest.raises(ValueError, match="fps"):
-        video.write_mp4(np.zeros((2, 8, 8, 3), np.uint8), tmp_path / "a.mp4", 0)
+        video_encode.write_mp4(np.zeros((2, 8, 8, 3), np.uint8), tmp_path / "a.mp4", 0)
     assert not list(tmp_path.iterdir())
 
 
 def test_probe_reports_fps_frames_size_duration():
-    info = video.probe(video.encode_mp4(grey_ramp(20, 24, 40), fps=10))
+    info = video.probe(video_encode.encode_mp4(grey_ramp(20, 24, 40), fps=10))
     assert info == video.VideoInfo(fps=10.0, frames=20, width=40, height=24, duration=2.0, rotation=0)
 
 
 def test_decode_clip_strides_by_source_fps_and_starts_centred_or_at_a_time():
-    data = video.encode_mp4(grey_ramp(40), fps=10, crf=0)
+    data = video_encode.encode_mp4(grey_ramp(40), fps=10, crf=0)
     assert frame_ids(video.decode_clip(data, 5, 5.0, 16, 16, start=0.0)) == [0, 2, 4, 6, 8]
     assert frame_ids(video.decode_clip(data, 5, 10.0, 16, 16, start="center")) == [17, 18, 19, 20, 21]
     assert frame_ids(video.decode_clip(data, 4, 2.5, 16, 16, start=1.0)) == [10, 14, 18, 22]
@@ -86,7 +86,7 @@ def test_decode_clip_seeks_to_a_keyframe_and_still_picks_the_right_frames():
 def test_decode_clip_resizes_short_side_then_centre_crops():
     frames = np.zeros((3, 40, 80, 3), np.uint8)
     frames[:, :, :20] = 255  # a white band on the left quarter
-    clip = video.decode_clip(video.encode_mp4(frames, fps=8), 3, 8.0, 20, 20, start=0.0)
+    clip = video.decode_clip(video_encode.encode_mp4(frames, fps=8), 3, 8.0, 20, 20, start=0.0)
     assert clip.shape == (3, 20, 20, 3) and clip.dtype == np.uint8
     # 40x80 -> 20x40, centre 20 columns are cols 10..29 of the resized: the band (cols 0..9) is cropped away
     assert clip[:, :, :].max() < 60
@@ -112,7 +112,7 @@ def test_rotation_is_reported_and_applied():
 
 
 def test_specific_errors(tmp_path):
-    good = video.encode_mp4(grey_ramp(30), fps=10)
+    good = video_encode.encode_mp4(grey_ramp(30), fps=10)
     with pytest.raises(video.TruncatedVideoError, match="truncated"):
         video.probe(good[: len(good) // 2])
     text = tmp_path / "notes.mp4"
@@ -139,6 +139,6 @@ def test_specific_errors(tmp_path):
 
 
 def test_transcode_caps_the_longer_side():
-    data = video.transcode(video.encode_mp4(grey_ramp(6, 120, 200), fps=12), max_side=64)
+    data = video_encode.transcode(video_encode.encode_mp4(grey_ramp(6, 120, 200), fps=12), max_side=64)
     info = video.probe(data)
     assert (info.width, info.height, info.frames, info.fps) == (64, 38, 6, 12.0)

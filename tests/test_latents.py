@@ -13,7 +13,7 @@ import torch
 from aiprod import storage
 from aiprod.config import ConfigError, load_config
 from aiprod.data import latent_cache as lc
-from aiprod.data.dataset import BadSamplesError, bad_sample_stats
+from aiprod.data.bad_samples import BadSamplesError, bad_sample_stats
 from aiprod.data.latent_encode import encode_cache, load_vae
 from aiprod.training.runner import RunOptions, run_curriculum
 
@@ -32,7 +32,7 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def shards(cfg, tmp_path_factory) -> str:
-    from aiprod.data.shards import build_synthetic_shards
+    from aiprod.data.synthetic_shards import build_synthetic_shards
 
     out = str(tmp_path_factory.mktemp("shards"))
     build_synthetic_shards(out, 96, levels=(1, 1, 2, 3), size=(32, 32), frames=9, fps=8.0, seed=0, data=cfg.data,

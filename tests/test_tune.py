@@ -76,7 +76,7 @@ def test_concurrency_and_report_budget():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
-    from aiprod.data.shards import build_synthetic_shards
+    from aiprod.data.synthetic_shards import build_synthetic_shards
 
     out = tmp_path_factory.mktemp("tune-shards") / "demo"
     cfg = load_config("tiny")

@@ -1,7 +1,7 @@
 """Captions from a clip's structured truth, through a small grammar per language.
 
 English, Hindi (Devanagari), Bengali (Bengali script) and Tamil (Tamil script). The words live in
-one table per language; the grammar is the same everywhere:
+one table, a column per language (WORDS: one language's words); the grammar is the same everywhere:
 
     [count prefix] clause (, clause)* [and clause] [, scene phrase]*
     clause = article [size] colour shape [manner]* direction verb   (English: ... moving DIR [suffix])
@@ -21,97 +21,74 @@ SIZES = ("tiny", "small", "medium", "large", "huge")
 MANNERS = ("spinning", "accelerating", "fast")
 CONDITIONS = ("low_light", "noise", "flicker")
 
-WORDS: dict[str, dict[str, Any]] = {
-    "en": {
-        "article": "a",
-        "colour": dict(zip(COLOURS, COLOURS)),
-        "shape": dict(zip(SHAPES, SHAPES)),
-        # English puts the verb before the direction: "moving right"
-        "clause": "{article} {size}{colour} {shape} {manner}moving {direction}{suffix}",
-        "direction": {"right": "right", "left": "left", "up": "up", "down": "down"},
-        "size": {"tiny": "tiny ", "small": "small ", "large": "large ", "huge": "huge "},
-        "manner": {"spinning": "spinning and ", "accelerating": "speeding up and "},
-        "suffix": {"fast": " very fast"},
-        "count": {2: "two objects: ", 3: "three objects: ", 4: "four objects: "},
-        "joiner": ", ",
-        "last_joiner": " and ",
-        "scene": {
-            "textured": "over a textured background",
-            "pan": "the camera pans {direction}",
-            "occlusion": "one passes in front of another",
-            "low_light": "in low light",
-            "noise": "with sensor noise",
-            "flicker": "with flickering light",
-        },
-        "scene_joiner": ", ",
-    },
-    "hi": {
-        "article": "एक",
-        "colour": {"red": "लाल", "green": "हरा", "blue": "नीला", "yellow": "पीला", "cyan": "फ़िरोज़ी",
-                   "magenta": "मैजेंटा", "white": "सफ़ेद"},
-        "shape": {"circle": "वृत्त", "square": "वर्ग", "triangle": "त्रिभुज", "star": "तारा"},
-        "clause": "{article} {size}{colour} {shape} {manner}{direction} जा रहा है",
-        "direction": {"right": "दाईं ओर", "left": "बाईं ओर", "up": "ऊपर", "down": "नीचे"},
-        "size": {"tiny": "बहुत छोटा ", "small": "छोटा ", "large": "बड़ा ", "huge": "विशाल "},
-        "manner": {"spinning": "घूमते हुए ", "accelerating": "तेज़ होते हुए ", "fast": "बहुत तेज़ी से "},
-        "count": {2: "दो वस्तुएँ: ", 3: "तीन वस्तुएँ: ", 4: "चार वस्तुएँ: "},
-        "joiner": ", ",
-        "last_joiner": " और ",
-        "scene": {
-            "textured": "बनावटी पृष्ठभूमि पर",
-            "pan": "कैमरा {direction} घूमता है",
-            "occlusion": "एक वस्तु दूसरी के आगे से गुज़रती है",
-            "low_light": "कम रोशनी में",
-            "noise": "सेंसर शोर के साथ",
-            "flicker": "टिमटिमाती रोशनी में",
-        },
-        "scene_joiner": ", ",
-    },
-    "bn": {
-        "article": "একটি",
-        "colour": {"red": "লাল", "green": "সবুজ", "blue": "নীল", "yellow": "হলুদ", "cyan": "ফিরোজা",
-                   "magenta": "ম্যাজেন্টা", "white": "সাদা"},
-        "shape": {"circle": "বৃত্ত", "square": "বর্গ", "triangle": "ত্রিভুজ", "star": "তারা"},
-        "clause": "{article} {size}{colour} {shape} {manner}{direction} যাচ্ছে",
-        "direction": {"right": "ডান দিকে", "left": "বাম দিকে", "up": "উপরে", "down": "নিচে"},
-        "size": {"tiny": "খুব ছোট ", "small": "ছোট ", "large": "বড় ", "huge": "বিশাল "},
-        "manner": {"spinning": "ঘুরতে ঘুরতে ", "accelerating": "গতি বাড়িয়ে ", "fast": "খুব দ্রুত "},
-        "count": {2: "দুটি বস্তু: ", 3: "তিনটি বস্তু: ", 4: "চারটি বস্তু: "},
-        "joiner": ", ",
-        "last_joiner": " এবং ",
-        "scene": {
-            "textured": "নকশা করা পটভূমিতে",
-            "pan": "ক্যামেরা {direction} সরে",
-            "occlusion": "একটি বস্তু অন্যটির সামনে দিয়ে যায়",
-            "low_light": "কম আলোয়",
-            "noise": "সেন্সর নয়েজ সহ",
-            "flicker": "ঝিকিমিকি আলোয়",
-        },
-        "scene_joiner": ", ",
-    },
-    "ta": {
-        "article": "ஒரு",
-        "colour": {"red": "சிவப்பு", "green": "பச்சை", "blue": "நீல", "yellow": "மஞ்சள்", "cyan": "இளநீல",
-                   "magenta": "செந்நீல", "white": "வெள்ளை"},
-        "shape": {"circle": "வட்டம்", "square": "சதுரம்", "triangle": "முக்கோணம்", "star": "நட்சத்திரம்"},
-        "clause": "{article} {size}{colour} {shape} {manner}{direction} நகர்கிறது",
-        "direction": {"right": "வலது பக்கம்", "left": "இடது பக்கம்", "up": "மேலே", "down": "கீழே"},
-        "size": {"tiny": "மிகச் சிறிய ", "small": "சிறிய ", "large": "பெரிய ", "huge": "மிகப் பெரிய "},
-        "manner": {"spinning": "சுழன்றபடி ", "accelerating": "வேகமெடுத்து ", "fast": "மிக வேகமாக "},
-        "count": {2: "இரண்டு பொருட்கள்: ", 3: "மூன்று பொருட்கள்: ", 4: "நான்கு பொருட்கள்: "},
-        "joiner": ", ",
-        "last_joiner": " மற்றும் ",
-        "scene": {
-            "textured": "வடிவமைந்த பின்னணியில்",
-            "pan": "கேமரா {direction} நகர்கிறது",
-            "occlusion": "ஒன்று மற்றொன்றின் முன்னால் கடக்கிறது",
-            "low_light": "குறைந்த ஒளியில்",
-            "noise": "சென்சார் இரைச்சலுடன்",
-            "flicker": "மினுமினுக்கும் ஒளியில்",
-        },
-        "scene_joiner": ", ",
-    },
+# The grammar's words and every phrase, one column per language in LANGUAGES order (English,
+# Hindi, Bengali, Tamil); None where a language has no such phrase. Sizes and manners carry their
+# trailing space, and a medium size is left unsaid.
+Phrases = tuple[str | None, ...]
+
+GRAMMAR: dict[str, tuple[str, ...]] = {
+    "article": ("a", "एक", "একটি", "ஒரு"),
+    # English puts the verb before the direction: "moving right"
+    "clause": ("{article} {size}{colour} {shape} {manner}moving {direction}{suffix}",
+               "{article} {size}{colour} {shape} {manner}{direction} जा रहा है",
+               "{article} {size}{colour} {shape} {manner}{direction} যাচ্ছে",
+               "{article} {size}{colour} {shape} {manner}{direction} நகர்கிறது"),
+    "joiner": (", ",) * len(LANGUAGES),
+    "last_joiner": (" and ", " और ", " এবং ", " மற்றும் "),
+    "scene_joiner": (", ",) * len(LANGUAGES),
 }
+
+PHRASES: dict[tuple[str, Any], Phrases] = {
+    ("colour", "red"): ("red", "लाल", "লাল", "சிவப்பு"),
+    ("colour", "green"): ("green", "हरा", "সবুজ", "பச்சை"),
+    ("colour", "blue"): ("blue", "नीला", "নীল", "நீல"),
+    ("colour", "yellow"): ("yellow", "पीला", "হলুদ", "மஞ்சள்"),
+    ("colour", "cyan"): ("cyan", "फ़िरोज़ी", "ফিরোজা", "இளநீல"),
+    ("colour", "magenta"): ("magenta", "मैजेंटा", "ম্যাজেন্টা", "செந்நீல"),
+    ("colour", "white"): ("white", "सफ़ेद", "সাদা", "வெள்ளை"),
+    ("shape", "circle"): ("circle", "वृत्त", "বৃত্ত", "வட்டம்"),
+    ("shape", "square"): ("square", "वर्ग", "বর্গ", "சதுரம்"),
+    ("shape", "triangle"): ("triangle", "त्रिभुज", "ত্রিভুজ", "முக்கோணம்"),
+    ("shape", "star"): ("star", "तारा", "তারা", "நட்சத்திரம்"),
+    ("direction", "right"): ("right", "दाईं ओर", "ডান দিকে", "வலது பக்கம்"),
+    ("direction", "left"): ("left", "बाईं ओर", "বাম দিকে", "இடது பக்கம்"),
+    ("direction", "up"): ("up", "ऊपर", "উপরে", "மேலே"),
+    ("direction", "down"): ("down", "नीचे", "নিচে", "கீழே"),
+    ("size", "tiny"): ("tiny ", "बहुत छोटा ", "খুব ছোট ", "மிகச் சிறிய "),
+    ("size", "small"): ("small ", "छोटा ", "ছোট ", "சிறிய "),
+    ("size", "large"): ("large ", "बड़ा ", "বড় ", "பெரிய "),
+    ("size", "huge"): ("huge ", "विशाल ", "বিশাল ", "மிகப் பெரிய "),
+    ("manner", "spinning"): ("spinning and ", "घूमते हुए ", "ঘুরতে ঘুরতে ", "சுழன்றபடி "),
+    ("manner", "accelerating"): ("speeding up and ", "तेज़ होते हुए ", "গতি বাড়িয়ে ", "வேகமெடுத்து "),
+    ("manner", "fast"): (None, "बहुत तेज़ी से ", "খুব দ্রুত ", "மிக வேகமாக "),
+    # English says how fast after the direction: "moving right very fast"
+    ("suffix", "fast"): (" very fast", None, None, None),
+    ("count", 2): ("two objects: ", "दो वस्तुएँ: ", "দুটি বস্তু: ", "இரண்டு பொருட்கள்: "),
+    ("count", 3): ("three objects: ", "तीन वस्तुएँ: ", "তিনটি বস্তু: ", "மூன்று பொருட்கள்: "),
+    ("count", 4): ("four objects: ", "चार वस्तुएँ: ", "চারটি বস্তু: ", "நான்கு பொருட்கள்: "),
+    ("scene", "textured"): ("over a textured background", "बनावटी पृष्ठभूमि पर",
+                            "নকশা করা পটভূমিতে", "வடிவமைந்த பின்னணியில்"),
+    ("scene", "pan"): ("the camera pans {direction}", "कैमरा {direction} घूमता है",
+                       "ক্যামেরা {direction} সরে", "கேமரா {direction} நகர்கிறது"),
+    ("scene", "occlusion"): ("one passes in front of another", "एक वस्तु दूसरी के आगे से गुज़रती है",
+                             "একটি বস্তু অন্যটির সামনে দিয়ে যায়", "ஒன்று மற்றொன்றின் முன்னால் கடக்கிறது"),
+    ("scene", "low_light"): ("in low light", "कम रोशनी में", "কম আলোয়", "குறைந்த ஒளியில்"),
+    ("scene", "noise"): ("with sensor noise", "सेंसर शोर के साथ", "সেন্সর নয়েজ সহ", "சென்சார் இரைச்சலுடன்"),
+    ("scene", "flicker"): ("with flickering light", "टिमटिमाती रोशनी में",
+                           "ঝিকিমিকি আলোয়", "மினுமினுக்கும் ஒளியில்"),
+}
+
+
+def _words(column: int) -> dict[str, Any]:
+    """One language's words (its column of GRAMMAR and PHRASES), as `caption` reads them."""
+    words: dict[str, Any] = {key: values[column] for key, values in GRAMMAR.items()}
+    for (concept, key), values in PHRASES.items():
+        if values[column] is not None:
+            words.setdefault(concept, {})[key] = values[column]
+    return words
+
+
+WORDS: dict[str, dict[str, Any]] = {language: _words(column) for column, language in enumerate(LANGUAGES)}
 
 
 def check_language(language: str) -> str:

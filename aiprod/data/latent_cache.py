@@ -33,6 +33,8 @@ import pyarrow.parquet as pq
 
 from aiprod import storage
 from aiprod.config import DataConfig, PhaseConfig
+from aiprod.data.bad_samples import BadSamplesError, process_counter
+from aiprod.data.versioned_index import read_versioned_index
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +98,8 @@ def shard_name(source_shard: str, bucket: Bucket) -> str:
 
 
 def read_index(uri: str) -> dict[str, Any] | None:
-    source = storage.join(uri, INDEX)
-    if not storage.exists(source):
-        return None
-    try:
-        index = json.loads(storage.read_text(source))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LatentCacheError(f"latent cache {uri}: {INDEX} is not valid JSON ({exc})") from exc
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise LatentCacheError(f"latent cache {uri}: {INDEX} is not a {FORMAT} index")
-    return index
+    """The index.json of a latent cache, None when it has none (not written yet: the cache is incomplete)."""
+    return read_versioned_index(storage.join(uri, INDEX), FORMAT, LatentCacheError, f"latent cache {uri}: {INDEX}")
 
 
 def check_cache(uri: str, vae_sha256: str | None, phases: list[tuple[int, PhaseConfig]],
@@ -211,8 +205,6 @@ class _LatentShardRows:
     def _bad(self, reason: str) -> Iterator[pa.Table]:
         import ray
 
-        from aiprod.data.dataset import BadSamplesError
-
         log.warning("skipping latent shard %s: %s", self.uri, reason)
         bad = [(self.record["name"], reason)] * int(self.record["clips"])
         verdict = ray.get(self.counter.add.remote(self.dataset_id, self.limits, 0, bad))
@@ -274,10 +266,8 @@ def _datasource(tasks: list[_LatentShardRows]):
 
 def build_latent_dataset(uri: str, phase: PhaseConfig, data: DataConfig):
     """A ray.data.Dataset of the phase's cached latents: rows {key, latent float32 [C,t,h,w],
-    caption, language, level}. Bad shards are counted: see `dataset.bad_sample_stats`."""
+    caption, language, level}. Bad shards are counted: see `bad_samples.bad_sample_stats`."""
     import ray.data
-
-    from aiprod.data.dataset import _process_counter
 
     uri = str(uri).rstrip("/")
     index = read_index(uri)
@@ -294,7 +284,7 @@ def build_latent_dataset(uri: str, phase: PhaseConfig, data: DataConfig):
     if data.shuffle_files:
         random.Random(data.seed).shuffle(records)
     expected = sum(n for r in records for k, n in r["levels"].items() if int(k) in levels)
-    dataset_id, counter = uuid.uuid4().hex[:12], _process_counter()
+    dataset_id, counter = uuid.uuid4().hex[:12], process_counter()
     limits = (data.max_bad_fraction, expected, data.bad_keys_reported)
     shape = index["buckets"][bucket.name]["latent_shape"]
     tasks = [_LatentShardRows(storage.join(uri, r["name"]), r, shape, levels, data.seed * 1_000_003 + i,

@@ -150,7 +150,8 @@ def encode_cache(data_uri: str, weights_dir: str, out_uri: str, phases: list[Pha
     cache of the same VAE that already holds every bucket is reused as it is."""
     import ray.data
 
-    from aiprod.data.dataset import bad_sample_stats, build_phase_dataset, phase_shards
+    from aiprod.data.bad_samples import bad_sample_stats
+    from aiprod.data.dataset import build_phase_dataset, phase_shards
 
     data_uri, out_uri = str(data_uri).rstrip("/"), str(out_uri).rstrip("/")
     started = time.monotonic()

@@ -1,10 +1,10 @@
-"""Video I/O with PyAV: the one MP4 writer, probing, and clip decoding for training.
+"""Reading video with PyAV: probing, and clip decoding for training; the errors of every video reader.
 
-    write_mp4(frames, "clip.mp4", fps=8)                   # H.264, yuv420p, +faststart
     info = probe("clip.mp4")                               # VideoInfo(fps, frames, width, height, ...)
     clip = decode_clip("clip.mp4", frames=9, fps=8, height=64, width=64, start="center")
 
-Every decoding failure is a `VideoError` subclass that says what is wrong with which source.
+Every decoding failure is a `VideoError` subclass that says what is wrong with which source; its
+`reason` is the short name rejected inputs are listed under. Writing MP4s: `aiprod.data.video_encode`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import io
 import math
 import os
 import random
-import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
-from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, Literal
 
 import av
@@ -27,8 +26,6 @@ import numpy as np
 from aiprod import storage
 
 Source = str | os.PathLike | bytes | BinaryIO
-
-FPS_MAX_DENOMINATOR = 1001  # NTSC rates (30000/1001) stay exact
 
 
 # ----------------------------------------------------------------------------- errors
@@ -39,133 +36,29 @@ class VideoError(ValueError):
 
     reason = "unreadable"
 
-
-class TruncatedVideoError(VideoError):
-    reason = "truncated"
-
-
-class NoVideoStreamError(VideoError):
-    reason = "no_video_stream"
+    def __init_subclass__(cls, reason: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.reason = reason
 
 
-class ZeroLengthVideoError(VideoError):
-    reason = "zero_length"
+class TruncatedVideoError(VideoError, reason="truncated"):
+    """The file or its stream ends before the data its header promises."""
 
 
-class TooShortVideoError(VideoError):
-    reason = "too_short"
+class NoVideoStreamError(VideoError, reason="no_video_stream"):
+    """A readable container without a video stream."""
 
 
-class DecodeTimeoutError(VideoError):
-    reason = "timeout"
+class ZeroLengthVideoError(VideoError, reason="zero_length"):
+    """An empty file, or a stream without a decodable frame."""
 
 
-# ----------------------------------------------------------------------------- writer
+class TooShortVideoError(VideoError, reason="too_short"):
+    """Fewer frames than the clip asked for needs."""
 
 
-def _check_frames(frames: Any) -> np.ndarray:
-    if not isinstance(frames, np.ndarray):
-        raise TypeError(f"write_mp4: frames must be a numpy array, got {type(frames).__name__}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"write_mp4: frames must be uint8, got {frames.dtype}")
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"write_mp4: frames must be [T, H, W, 3], got shape {tuple(frames.shape)}")
-    if 0 in frames.shape:
-        raise ValueError(f"write_mp4: frames must be non-empty, got shape {tuple(frames.shape)}")
-    return frames
-
-
-def _pad_to_even(frames: np.ndarray) -> np.ndarray:
-    """yuv420p needs even sizes: repeat the last row/column where H or W is odd."""
-    _, h, w, _ = frames.shape
-    if h % 2 == 0 and w % 2 == 0:
-        return frames
-    return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-
-
-def _encode(frames: Iterable[np.ndarray], height: int, width: int, out: Any, fps: float, crf: int,
-            preset: str) -> int:
-    """Encode RGB frames (each [height, width, 3] uint8, even sizes) to an MP4 at `out`; frame count."""
-    rate = Fraction(fps).limit_denominator(FPS_MAX_DENOMINATOR)
-    count = 0
-    with av.open(out, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width = width
-        stream.height = height
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": preset}
-        for image in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            container.mux(stream.encode(frame))
-            count += 1
-        container.mux(stream.encode(None))
-    return count
-
-
-def write_mp4(
-    frames: np.ndarray,
-    path_or_file: str | os.PathLike | BinaryIO,
-    fps: float,
-    crf: int = 23,
-    preset: str = "medium",
-) -> None:
-    """Encode uint8 [T, H, W, 3] RGB frames as H.264 (yuv420p, +faststart) MP4.
-
-    A path (local or s3://) is written atomically: encoded into a temp file, then renamed (local)
-    or sent as one PUT (S3). A writable, seekable binary file object receives the bytes directly.
-    Odd heights/widths are padded to even by repeating the last row/column (yuv420p needs even).
-    """
-    frames = _pad_to_even(_check_frames(frames))
-    _, h, w, _ = frames.shape
-    if not (isinstance(fps, (int, float, Fraction)) and math.isfinite(fps) and fps > 0):
-        raise ValueError(f"write_mp4: fps must be a positive number, got {fps!r}")
-    if not 0 <= int(crf) <= 51:
-        raise ValueError(f"write_mp4: crf must be within 0..51, got {crf}")
-    if isinstance(path_or_file, (str, os.PathLike)) and not storage.is_s3(path_or_file):
-        target = Path(path_or_file)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _encode_to_temp(lambda out: _encode(frames, h, w, out, fps, crf, preset), target.parent,
-                        lambda tmp: _publish(tmp, target))
-        storage.fsync_dir(target.parent)
-        return
-
-    def deliver(tmp: str) -> None:
-        if isinstance(path_or_file, (str, os.PathLike)):
-            storage.put_file(tmp, path_or_file)
-        else:
-            with open(tmp, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    path_or_file.write(chunk)
-
-    _encode_to_temp(lambda out: _encode(frames, h, w, out, fps, crf, preset), None, deliver)
-
-
-def _publish(tmp: str, target: Path) -> None:
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600
-    os.replace(tmp, target)
-
-
-def _encode_to_temp(encode: Callable[[str], Any], directory: Path | None, deliver: Callable[[str], Any]) -> None:
-    # The +faststart pass re-opens the output by name, so FFmpeg must write a real file.
-    fd, tmp = tempfile.mkstemp(prefix=".aiprod-", suffix=".tmp.mp4", dir=directory)
-    os.close(fd)
-    try:
-        encode(tmp)
-        if directory is not None:  # about to be renamed into place: make it durable first
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        deliver(tmp)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def encode_mp4(frames: np.ndarray, fps: float, crf: int = 23, preset: str = "medium") -> bytes:
-    """`write_mp4` into memory: the MP4 file's bytes."""
-    buffer = io.BytesIO()
-    write_mp4(frames, buffer, fps, crf=crf, preset=preset)
-    return buffer.getvalue()
+class DecodeTimeoutError(VideoError, reason="timeout"):
+    """Decoding a clip took longer than its time limit."""
 
 
 # ----------------------------------------------------------------------------- reading
@@ -184,7 +77,8 @@ class VideoInfo:
         return asdict(self)
 
 
-def _describe(src: Source) -> str:
+def source_name(src: Source) -> str:
+    """A name for a source in error messages: its path, or its size in bytes."""
     if isinstance(src, (str, os.PathLike)):
         return str(src)
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -262,6 +156,24 @@ def _open_container(f: BinaryIO, name: str) -> av.container.InputContainer:
     return container
 
 
+@contextmanager
+def _open_video(src: Source, name: str
+                ) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+    """The container and first video stream of a source, closed (with a file opened here) on exit."""
+    f = _as_file(src)
+    try:
+        with _open_container(f, name) as container:
+            yield container, container.streams.video[0]
+    finally:
+        if f is not src:
+            f.close()
+
+
+def _shown_size(frame: av.VideoFrame) -> tuple[int, int]:
+    """(width, height) of a frame as displayed: a rotation by 90 or 270 degrees swaps them."""
+    return (frame.height, frame.width) if frame.rotation % 360 in (90, 270) else (frame.width, frame.height)
+
+
 def _rate(stream: av.video.stream.VideoStream, name: str) -> float:
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate or rate <= 0:
@@ -293,15 +205,13 @@ def probe(src: Source, count_frames: bool = False, name: str | None = None) -> V
     and a truncated stream is caught (fewer packets than the header promises). `name` labels
     errors (default: the path, or the byte count).
     """
-    name = name or _describe(src)
-    f = _as_file(src)
+    name = name or source_name(src)
     try:
-        with _open_container(f, name) as container:
-            stream = container.streams.video[0]
+        with _open_video(src, name) as (container, stream):
             fps = _rate(stream, name)
             frame = _first_frame(container, stream, name)
             rotation = frame.rotation % 360
-            width, height = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
+            width, height = _shown_size(frame)
             declared = stream.frames
             duration = 0.0
             if stream.duration is not None and stream.time_base:
@@ -317,9 +227,6 @@ def probe(src: Source, count_frames: bool = False, name: str | None = None) -> V
                 frames = counted
     except av.error.FFmpegError as exc:
         raise VideoError(f"{name}: cannot read ({exc.strerror or exc})") from None
-    finally:
-        if f is not src:
-            f.close()
     if frames <= 0:
         raise ZeroLengthVideoError(f"{name}: zero frames")
     return VideoInfo(fps=fps, frames=int(frames), width=width, height=height,
@@ -339,7 +246,7 @@ def fits_clip(info: VideoInfo, frames: int, fps: float) -> bool:
 def _resize_crop(frame: av.VideoFrame, height: int, width: int, threads: int) -> np.ndarray:
     """Resize so the displayed image covers height x width (short side first), then centre-crop."""
     rotation = frame.rotation % 360
-    shown_w, shown_h = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
+    shown_w, shown_h = _shown_size(frame)
     scale = max(height / shown_h, width / shown_w)
     new_w, new_h = max(width, round(shown_w * scale)), max(height, round(shown_h * scale))
     stored_w, stored_h = (new_h, new_w) if rotation in (90, 270) else (new_w, new_h)
@@ -375,21 +282,16 @@ def decode_clip(
                          f"frames={frames} height={height} width={width} fps={fps}")
     if start not in ("random", "center") and not isinstance(start, (int, float)):
         raise ValueError(f"decode_clip: start must be 'random', 'center' or seconds, got {start!r}")
-    name = name or _describe(src)
+    name = name or source_name(src)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    f = _as_file(src)
     try:
-        with _open_container(f, name) as container:
-            stream = container.streams.video[0]
+        with _open_video(src, name) as (container, stream):
             stream.thread_count = threads  # 0 = FFmpeg picks
             if threads != 1:
                 stream.thread_type = "AUTO"
             return _decode(container, stream, name, frames, fps, height, width, start, seed, threads, deadline)
     except av.error.FFmpegError as exc:
         raise VideoError(f"{name}: cannot decode ({exc.strerror or exc})") from None
-    finally:
-        if f is not src:
-            f.close()
 
 
 def _decode(container, stream, name, frames, fps, height, width, start, seed, threads, deadline) -> np.ndarray:
@@ -451,44 +353,22 @@ def _decode(container, stream, name, frames, fps, height, width, start, seed, th
     return np.stack(out)
 
 
-# ----------------------------------------------------------------------------- transcoding
+@contextmanager
+def display_frames(src: Source, max_side: int | None, name: str
+                   ) -> Iterator[tuple[float, int, int, Iterator[np.ndarray]]]:
+    """(fps, height, width, frames) of a video as displayed (rotation applied), scaled so that the longer
+    side is at most `max_side` (even sizes); the frames are decoded as they are iterated."""
+    with _open_video(src, name) as (container, stream):
+        fps = _rate(stream, name)
+        first = _first_frame(container, stream, name)
+        shown_w, shown_h = _shown_size(first)
+        scale = min(1.0, max_side / max(shown_w, shown_h)) if max_side else 1.0
+        width = max(2, int(round(shown_w * scale / 2)) * 2)
+        height = max(2, int(round(shown_h * scale / 2)) * 2)
 
+        def frames() -> Iterator[np.ndarray]:
+            yield _resize_crop(first, height, width, threads=1)
+            for frame in container.decode(stream):
+                yield _resize_crop(frame, height, width, threads=1)
 
-def is_mp4(data: bytes) -> bool:
-    """An ISO-BMFF file of an MP4 brand (QuickTime's 'qt  ' brand does not count)."""
-    return len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] != b"qt  "
-
-
-def transcode(src: Source, max_side: int | None = None, crf: int = 23, preset: str = "veryfast",
-              name: str | None = None) -> bytes:
-    """Re-encode a video as H.264 MP4 at its own fps, rotation applied, longer side <= max_side.
-
-    Frames stream from decoder to encoder (a long video is never held in memory).
-    """
-    name = name or _describe(src)
-    f = _as_file(src)
-    try:
-        with _open_container(f, name) as container:
-            stream = container.streams.video[0]
-            fps = _rate(stream, name)
-            first = _first_frame(container, stream, name)
-            rotation = first.rotation % 360
-            shown_w, shown_h = (first.height, first.width) if rotation in (90, 270) else (first.width, first.height)
-            scale = min(1.0, max_side / max(shown_w, shown_h)) if max_side else 1.0
-            width = max(2, int(round(shown_w * scale / 2)) * 2)
-            height = max(2, int(round(shown_h * scale / 2)) * 2)
-
-            def frames() -> Iterator[np.ndarray]:
-                yield _resize_crop(first, height, width, threads=1)
-                for frame in container.decode(stream):
-                    yield _resize_crop(frame, height, width, threads=1)
-
-            buffer = io.BytesIO()
-            _encode_to_temp(lambda out: _encode(frames(), height, width, out, fps, crf, preset), None,
-                            lambda tmp: buffer.write(Path(tmp).read_bytes()))
-            return buffer.getvalue()
-    except av.error.FFmpegError as exc:
-        raise VideoError(f"{name}: cannot transcode ({exc.strerror or exc})") from None
-    finally:
-        if f is not src:
-            f.close()
+        yield fps, height, width, frames()

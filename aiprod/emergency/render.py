@@ -288,7 +288,7 @@ def render_alert(
     inset: np.ndarray | None = None,
 ) -> Alert:
     """An H.264 MP4 alert video for the request (ValueError names a bad type or variation)."""
-    from aiprod.data.video import write_mp4
+    from aiprod.data.video_encode import write_mp4
 
     start = time.perf_counter()
     renderer = renderer_for(cfg)

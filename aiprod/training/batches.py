@@ -50,7 +50,7 @@ class PhaseBatches:
 
     def batches(self, phase_index: int) -> Iterator[dict[str, Any]]:
         """Model batches of this rank's shard for one pass; a bad-data error ends it and is kept."""
-        from aiprod.data.dataset import data_error_message
+        from aiprod.data.bad_samples import data_error_message
 
         try:
             yield from self._batches(phase_index)
