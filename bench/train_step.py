@@ -64,7 +64,7 @@ def parse_args() -> argparse.Namespace:
 def setup(cfg: Config, phase_index: int, batch: int, device: torch.device, seed: int = 0):
     """(PhaseModule, video, captions) on `device`, identical for every contender."""
     from aiprod.models import build_model
-    from aiprod.training.loop import PhaseModule, set_trainable
+    from aiprod.training.phase_module import PhaseModule, set_trainable
 
     phase = cfg.curriculum.phases[phase_index]
     torch.manual_seed(seed)

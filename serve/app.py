@@ -30,10 +30,10 @@ from aiprod.serving import (
     AppArgs,
     EmergencyJob,
     EmergencyRequest,
-    EmergencyWorker,
+    EmergencyResponder,
     FallbackRenderer,
     ModelHost,
-    StandardWorker,
+    StandardBatchRunner,
     VideoJob,
     VideoRequest,
     deployment_options,
@@ -245,7 +245,7 @@ class StandardGenerator:
         self.cfg = validate(config)
         self.host = ModelHost(self.cfg, _device(self.cfg.serve.standard.num_gpus))
         self.host.follow_registry(self.cfg.serve.follow_registry_s)
-        self.worker = StandardWorker(self.cfg, self.host)
+        self.runner = StandardBatchRunner(self.cfg, self.host)
         self.generate.set_max_batch_size(self.cfg.serve.batch_max_size)
         self.generate.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_s)
 
@@ -255,10 +255,10 @@ class StandardGenerator:
     @serve.batch
     async def generate(self, jobs: list[VideoJob]) -> list:
         # A thread cannot be interrupted: jobs stop themselves between sampler steps at their deadline.
-        return await asyncio.to_thread(self.worker.run, jobs)
+        return await asyncio.to_thread(self.runner.run, jobs)
 
     def info(self) -> dict:
-        return self.worker.info()
+        return self.runner.info()
 
 
 @serve.deployment(name="EmergencyGenerator")
@@ -267,17 +267,17 @@ class EmergencyGenerator:
         self.cfg = validate(config)
         self.host = ModelHost(self.cfg, _device(self.cfg.serve.emergency.num_gpus))
         self.host.follow_registry(self.cfg.serve.follow_registry_s)
-        self.worker = EmergencyWorker(self.cfg, self.host)
+        self.responder = EmergencyResponder(self.cfg, self.host)
         warm_up(self.cfg)
 
     async def reconfigure(self, user_config: dict) -> None:
         await self.host.reconfigure(user_config)
 
     async def handle(self, job: EmergencyJob):
-        return await self.worker.handle(job)
+        return await self.responder.handle(job)
 
     def info(self) -> dict:
-        return self.worker.info()
+        return self.responder.info()
 
 
 def build_app(args: dict) -> serve.Application:

@@ -13,7 +13,7 @@ from aiprod.diffusion import NoiseSchedule, decomposed_noise, diffusion_loss
 from aiprod.diffusion.latents import STAT_KEYS, encode_latents, measure
 from aiprod.eval import metrics
 from aiprod.models import build_model
-from aiprod.training.losses import VAELoss
+from aiprod.training.vae_loss import VAELoss
 
 
 def _clips(count: int, level: int = 1, seed: int = 0, frames: int = 9, language: str = "en"):

@@ -19,7 +19,7 @@ import yaml
 from aiprod.config import load_config
 from aiprod.serving import ModelHost, request_bucket
 from aiprod.serving.generation import Breaker
-from aiprod.serving.models import CURRENT, Served
+from aiprod.serving.model_host import CURRENT, Served
 from tests.conftest import ROOT, free_port
 
 KEY_ENV, KEY = "AIPROD_TEST_API_KEY", "test-key-123"

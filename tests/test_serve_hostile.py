@@ -213,7 +213,7 @@ def test_a_hundred_concurrent_alerts_with_the_generator_saturated_all_answer_in_
 def test_a_pointer_target_that_fails_to_load_is_retried_only_after_its_back_off(tmp_path):
     from aiprod.config import load_config
     from aiprod.serving import ModelHost
-    from aiprod.serving.models import CURRENT
+    from aiprod.serving.model_host import CURRENT
 
     (tmp_path / "production.json").write_text(json.dumps({"version": V2}))
     calls = []

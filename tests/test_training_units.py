@@ -17,7 +17,7 @@ from aiprod.config import PhaseConfig, load_config
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.curriculum import Curriculum, planned_steps
 from aiprod.training.engine import deepspeed_config, lr_schedule
-from aiprod.training.workers import choose_workers
+from aiprod.training.worker_plan import choose_workers
 from tests.conftest import ROOT
 
 
@@ -147,13 +147,13 @@ def test_deepspeed_config_from_train_and_phase(tiny_config):
 
 def test_vae_loss_parts_and_fallback_said_once(tiny_config, caplog, tmp_path):
     from aiprod.models import build_model
-    from aiprod.training import losses
+    from aiprod.training import vae_loss as losses
 
     losses._fallback_announced = False
     torch.manual_seed(0)
     vae = build_model(tiny_config.model).vae
     video = torch.rand(2, 3, 5, 16, 16) * 2 - 1
-    with caplog.at_level(logging.WARNING, logger="aiprod.training.losses"):
+    with caplog.at_level(logging.WARNING, logger="aiprod.training.vae_loss"):
         loss_fn = losses.VAELoss(tiny_config.model.vae)
         losses.VAELoss(tiny_config.model.vae)
     assert sum("fallback" in r.message for r in caplog.records) == 1
@@ -214,7 +214,7 @@ def test_checkpoint_round_trips_bit_exact(stage, single_process_group, tmp_path)
     from aiprod.manifest import verify_manifest
     from aiprod.models import build_model
     from aiprod.training.engine import build_engine, destroy_engine, gathered_state_dict
-    from aiprod.training.loop import PhaseModule, set_trainable
+    from aiprod.training.phase_module import PhaseModule, set_trainable
 
     cfg = load_config("tiny", [f"train.zero_stage={stage}"])
     phase = cfg.curriculum.phases[1]

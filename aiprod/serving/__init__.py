@@ -6,15 +6,15 @@ from aiprod.serving.deploy import deployment_options, resolve_app_config
 from aiprod.serving.generation import (
     AlertResult,
     EmergencyJob,
-    EmergencyWorker,
-    StandardWorker,
+    EmergencyResponder,
+    StandardBatchRunner,
     VideoJob,
     VideoResult,
     render_template,
     run_standard_batch,
     warm_up,
 )
-from aiprod.serving.models import ModelHost, request_bucket
+from aiprod.serving.model_host import ModelHost, request_bucket
 from aiprod.serving.schemas import AppArgs, EmergencyRequest, UserConfig, VideoRequest
 
 __all__ = [
@@ -22,10 +22,10 @@ __all__ = [
     "AppArgs",
     "EmergencyJob",
     "EmergencyRequest",
-    "EmergencyWorker",
+    "EmergencyResponder",
     "FallbackRenderer",
     "ModelHost",
-    "StandardWorker",
+    "StandardBatchRunner",
     "UserConfig",
     "VideoJob",
     "VideoRequest",

@@ -19,7 +19,7 @@ import numpy as np
 from aiprod.config import Config
 from aiprod.emergency.render import AlertRequest, render_alert
 from aiprod.serving.cost import CostModel, StepTimer, step_units
-from aiprod.serving.models import ModelHost, Served
+from aiprod.serving.model_host import ModelHost, Served
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def apply_fault(delay_s: float, fail: bool, name: str) -> None:
 
 
 def encode(frames: np.ndarray, fps: float, cfg: Config) -> bytes:
-    from aiprod.data.video import write_mp4
+    from aiprod.data.video_encode import write_mp4
 
     buffer = io.BytesIO()
     write_mp4(frames, buffer, fps, crf=cfg.serve.video_crf, preset=cfg.serve.video_preset)
@@ -80,7 +80,7 @@ class VideoResult:
     message: str = ""
 
 
-class StandardWorker:
+class StandardBatchRunner:
     """What a standard replica holds besides its models: its own cost estimate, reset whenever the
     model or fault setting changes."""
 
@@ -254,7 +254,7 @@ class Breaker:
         return None
 
 
-class EmergencyWorker:
+class EmergencyResponder:
     """Fast model path with the template card as the answer whenever the model cannot be used."""
 
     def __init__(self, cfg: Config, host: ModelHost):

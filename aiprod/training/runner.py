@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import uuid
 from collections.abc import Sequence
@@ -25,13 +24,11 @@ from aiprod import model_dir, storage
 from aiprod.config import Config, ConfigError, load_config
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.engine import deepspeed_config
-from aiprod.training.workers import WorkerPlan, choose_workers, cluster_gpus
+from aiprod.training.worker_plan import WorkerPlan, choose_workers, cluster_gpus
 
 log = logging.getLogger("aiprod.training")
 
 RUN_CONFIG = "config.yaml"
-FAULT_ENV = {"kill_at_step": "AIPROD_FAULT_KILL_AT_STEP", "kill_rank": "AIPROD_FAULT_KILL_RANK",
-             "nan_at_step": "AIPROD_FAULT_NAN_AT_STEP", "nan_count": "AIPROD_FAULT_NAN_COUNT"}
 
 
 class RunExistsError(ValueError):
@@ -177,16 +174,6 @@ def plan_workers(cfg: Config, requested: str | int) -> tuple[Config, WorkerPlan]
     return cfg, plan
 
 
-def fault_injection() -> dict[str, Any]:
-    """Test-only faults from the environment (see FAULT_ENV); empty in normal runs."""
-    faults: dict[str, Any] = {}
-    for key, env in FAULT_ENV.items():
-        raw = os.environ.get(env)
-        if raw:
-            faults[key] = int(raw)
-    return faults
-
-
 def steps_per_epoch(data_uri: str, cfg: Config, world: int, active: range) -> dict[int, int | None]:
     """Optimizer steps per pass for phases whose LR schedule depends on it (epoch caps), from the
     sample counts in index.json (an upper bound: clips too short for the phase are dropped later)."""
@@ -325,7 +312,9 @@ def _fit(cfg: Config, opts: RunOptions, uri: str, plan: WorkerPlan, end: int, la
     from aiprod.data.bad_samples import TrainingDataError
     from aiprod.data.dataset import build_phase_dataset
     from aiprod.data.latent_cache import build_latent_dataset
-    from aiprod.training.loop import SUMMARY_FILE, train_loop_per_worker
+    from aiprod.training.faults import faults_from_env
+    from aiprod.training.loop import train_loop_per_worker
+    from aiprod.training.run_outputs import SUMMARY_FILE
 
     active = range(opts.start_phase, end + 1)
     # Our progress line reports throughput; Ray Data's per-dataset bars would drown it.
@@ -338,7 +327,7 @@ def _fit(cfg: Config, opts: RunOptions, uri: str, plan: WorkerPlan, end: int, la
         "config": cfg.to_dict(), "run_uri": uri, "session": uuid.uuid4().hex[:12],
         "start_phase": opts.start_phase, "end_phase": end, "resume_phase": opts.resume_phase,
         "steps_per_epoch": {str(k): v for k, v in steps_per_epoch(opts.data, cfg, plan.num_workers, active).items()},
-        "faults": fault_injection(), "latents": latents,
+        "faults": faults_from_env(), "latents": latents,
     }
     if storage.is_s3(uri):
         storage_path, filesystem = opts.storage[len("s3://"):].rstrip("/"), storage.s3_filesystem()

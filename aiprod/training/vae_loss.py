@@ -108,7 +108,7 @@ class VAELoss(nn.Module):
         if self.vgg is None and cfg.perceptual_weight > 0 and not _fallback_announced:
             _fallback_announced = True
             log.warning("VAE perceptual loss: no model.vae.vgg16_weights configured; using the "
-                        "multi-scale image-gradient L1 fallback (see aiprod/training/losses.py)")
+                        "multi-scale image-gradient L1 fallback (see aiprod/training/vae_loss.py)")
 
     def perceptual(self, recon: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
         frames_r = recon.transpose(1, 2).flatten(0, 1)  # [B*T, 3, H, W]
