@@ -161,15 +161,13 @@ def is_registry_reference(ref: str) -> bool:
 
 
 def locate(ref: str, registry_root: str, registry_cfg=None) -> tuple[str, str]:
-    """(model directory, label) for what a user named: an s3:// prefix or an existing directory as
-    it is, else a registry reference (`production`, `latest`, a version name) resolved under
-    `registry_root` (an s3:// version is downloaded to the cache and verified)."""
-    if storage.is_s3(ref) or Path(ref).exists():
-        return ref, ref.rstrip("/").rsplit("/", 1)[-1]
-    if is_registry_reference(ref):
+    """(model directory, label) for what a user named: a registry reference (`production`,
+    `latest`, a version name) that is not an existing path is resolved under `registry_root` (an
+    s3:// version is downloaded to the cache and verified); anything else is a directory or s3://
+    prefix, taken as it is (loading it names what is missing)."""
+    if not storage.is_s3(ref) and not Path(ref).exists() and is_registry_reference(ref):
         from aiprod.registry import resolve
 
         path = resolve(registry_root, ref, cfg=registry_cfg)
         return str(path), Path(path).name
-    raise FileNotFoundError(f"{ref!r} is neither a model directory nor a registry reference ('production', "
-                            f"'latest' or a version name)")
+    return ref, ref.rstrip("/").rsplit("/", 1)[-1]

@@ -4,6 +4,7 @@ later deploys change only the generators' user_config, which Serve applies by re
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -115,11 +116,12 @@ class App:
         return self.http.post("/v1/emergency", json=body, headers=AUTH)
 
 
-@pytest.fixture(scope="module")
-def served(ray_cluster, tmp_path_factory):
+@contextlib.contextmanager
+def deployed_app(tmp_path_factory, name: str):
+    """The Serve app on a free port over a fresh registry with V1 (production) and V2; shut down after."""
     from ray import serve
 
-    registry_root = tmp_path_factory.mktemp("serve") / "registry"
+    registry_root = tmp_path_factory.mktemp(name) / "registry"
     make_registry(registry_root)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -130,6 +132,12 @@ def served(ray_cluster, tmp_path_factory):
     finally:
         app.http.close()
         serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, tmp_path_factory):
+    with deployed_app(tmp_path_factory, "serve") as app:
+        yield app
 
 
 def decode(mp4: bytes) -> tuple[str, float, np.ndarray]:

@@ -12,26 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.test_serve import AUTH, TINY, V1, V2, App, decode, make_registry
+from tests.test_serve import AUTH, TINY, V1, V2, App, decode, deployed_app
 
 JSON = {**AUTH, "content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tmp_path_factory):
-    from ray import serve
-
-    registry_root = tmp_path_factory.mktemp("hostile") / "registry"
-    make_registry(registry_root)
-    serve.start(http_options={"host": "127.0.0.1", "port": (port := free_port())})
-    app = App(port, registry_root)
-    try:
-        app.deploy()
+    with deployed_app(tmp_path_factory, "hostile") as app:
         yield app
-    finally:
-        app.http.close()
-        serve.shutdown()
 
 
 def raw(app: App, path: str, body: str | bytes, headers: dict | None = None) -> httpx.Response:

@@ -193,7 +193,7 @@ class VideoPipeline:
 
     @staticmethod
     def write_mp4(frames: np.ndarray, path: str | os.PathLike | BinaryIO, fps: float) -> None:
-        """H.264 yuv420p MP4 through the project's one writer (aiprod.data.video): a local path or
+        """H.264 yuv420p MP4 through the project's one writer (aiprod.data.video_encode): a local path or
         s3:// URI (written atomically) or a writable binary file."""
         from aiprod.data.video_encode import write_mp4
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from aiprod import manifest, storage
 from aiprod.registry.errors import IntegrityError, RegistryError
-from aiprod.registry.names import CONFIG, ENTRY, REPORT, STATE, WEIGHTS
+from aiprod.model_dir import CONFIG, STATE, WEIGHTS
+from aiprod.registry.names import ENTRY, REPORT
 from aiprod.registry.stamps import actor, now
 
 COPY_CHUNK = 8 << 20

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from aiprod import manifest
-from aiprod.config import Config, RegistryConfig, apply_override, validate
+from aiprod.config import Config, RegistryConfig, validate
 from aiprod.eval.gates import passes_gates
+from aiprod.model_dir import CONFIG
 from aiprod.registry.entry import check_checkpoint, load_report, stage_entry
 from aiprod.registry.errors import (
     GateError,
@@ -20,7 +21,6 @@ from aiprod.registry.errors import (
     VersionNotFoundError,
 )
 from aiprod.registry.names import (
-    CONFIG,
     ENTRY,
     HISTORY,
     LATEST,
@@ -85,7 +85,9 @@ class Registry:
         data = self.store.read(f"{name}/{CONFIG}")
         if data is None:
             raise IntegrityError(f"registry: {name} has no {CONFIG}")
-        return config_with_overrides(data, overrides)
+        import yaml
+
+        return validate(yaml.safe_load(data) or {}).with_overrides(overrides)
 
     def verify(self, name: str) -> list[str]:
         """Problems with the entry's files against its manifest (empty = intact)."""
@@ -191,14 +193,3 @@ def resolve(root: str | os.PathLike, ref: str, cache_dir: str | os.PathLike | No
             cfg: RegistryConfig | None = None) -> Path:
     """`production` | `latest` | version name under a registry root -> local directory (for serving)."""
     return Registry(root, cfg).resolve(ref, cache_dir)
-
-
-def config_with_overrides(config_yaml: bytes, overrides: list[str] | tuple[str, ...]) -> Config:
-    """A stored config.yaml with `key.path=value` overrides applied, validated (the registry's only
-    use of config overrides)."""
-    import yaml
-
-    tree = yaml.safe_load(config_yaml) or {}
-    for override in overrides:
-        apply_override(tree, override)
-    return validate(tree)

@@ -24,9 +24,6 @@ LATEST, PRODUCTION, HISTORY, LOCK, CLAIM = "latest.json", "production.json", "hi
 STAGING = ".staging"
 POINTERS = {"latest": LATEST, "production": PRODUCTION}
 
-# Model-directory file names an entry copies from a checkpoint (the registry's only knowledge of
-# a model directory's layout).
-WEIGHTS, CONFIG, STATE = "model.safetensors", "config.yaml", "state.json"
 
 
 @dataclass(frozen=True)
