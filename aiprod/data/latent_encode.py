@@ -42,11 +42,11 @@ def weights_config(weights_dir: str, overrides: list[str] | tuple[str, ...] = ()
 
 def load_vae(weights_dir: str, device: str = "cpu"):
     """(config, VideoVAE in eval mode, fingerprint) from a run's final/, a checkpoint or a registry entry."""
+    from aiprod import model_dir
     from aiprod.models.vae import VideoVAE
-    from aiprod.training import checkpoint as ckpt
 
     cfg = weights_config(weights_dir)
-    state = ckpt.load_weights(weights_dir)
+    state = model_dir.read_weights(weights_dir)
     vae = VideoVAE(cfg.model.vae)
     vae.load_state_dict({k[len("vae."):]: v for k, v in state.items() if k.startswith("vae.")}, strict=True)
     return cfg, vae.to(device).eval(), lc.vae_fingerprint(state)
