@@ -56,7 +56,7 @@ def run_dir(tmp_path_factory, tiny_config) -> Path:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    from aiprod.data.shards import build_synthetic_shards
+    from aiprod.data.synthetic_shards import build_synthetic_shards
 
     out = tmp_path_factory.mktemp("shards")
     build_synthetic_shards(str(out), 8, levels=[1, 2], size=(32, 32), frames=9, fps=8.0, seed=0,
