@@ -128,10 +128,12 @@ def judge(uri: str, cfg: Config, scenes: int) -> dict:
     """Judge accuracies on held-out level-1 prompts, overall and per language."""
     from aiprod.diffusion.pipeline import VideoPipeline
     from aiprod.eval import judge as judging
-    from aiprod.eval.report import build_cases, clip_spec, eval_languages, generate_and_judge, with_overrides
+    from aiprod.eval.measure import generate_and_judge
+    from aiprod.eval.scenes import build_cases
+    from aiprod.eval.settings import clip_spec, eval_languages
 
     pipe = VideoPipeline.from_checkpoint(uri)
-    cfg = with_overrides(pipe.cfg, [f"eval.num_samples={scenes}", "eval.levels=[1]", "eval.seeds=[0]"])
+    cfg = pipe.cfg.with_overrides([f"eval.num_samples={scenes}", "eval.levels=[1]", "eval.seeds=[0]"])
     spec = clip_spec(cfg)
     samples, _ = generate_and_judge(pipe, cfg, build_cases(cfg, spec), spec, eval_languages(cfg), Path(uri).name)
     return judging.alignment([(s["scores"], s["language"]) for s in samples])

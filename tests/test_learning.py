@@ -159,7 +159,9 @@ def test_a_short_curriculum_run_beats_chance_on_colour(ray_cluster, tmp_path):
     from aiprod.data.synthetic_shards import build_synthetic_shards
     from aiprod.diffusion.pipeline import VideoPipeline
     from aiprod.eval import judge
-    from aiprod.eval.report import build_cases, clip_spec, generate_and_judge, with_overrides
+    from aiprod.eval.measure import generate_and_judge
+    from aiprod.eval.scenes import build_cases
+    from aiprod.eval.settings import clip_spec
     from aiprod.training.runner import RunOptions, run_curriculum
 
     cfg = load_config("learn", ["curriculum.phases.0.minutes=2.5", "curriculum.phases.1.minutes=4.5",
@@ -171,7 +173,7 @@ def test_a_short_curriculum_run_beats_chance_on_colour(ray_cluster, tmp_path):
     assert [p["exit_reason"] for p in summary["phases"]] == ["minutes", "minutes"]
     pipe = VideoPipeline.from_checkpoint(tmp_path / "runs" / "learn" / "final")
     assert pipe.model.vae.calibrated  # measured at the denoiser phase's start, saved with the weights
-    eval_cfg = with_overrides(pipe.cfg, ["eval.num_samples=14", "eval.languages=[en]", "eval.seeds=[0]"])
+    eval_cfg = pipe.cfg.with_overrides(["eval.num_samples=14", "eval.languages=[en]", "eval.seeds=[0]"])
     spec = clip_spec(eval_cfg)
     samples, _ = generate_and_judge(pipe, eval_cfg, build_cases(eval_cfg, spec), spec, ["en"], "learn")
     accuracy = judge.alignment([(s["scores"], s["language"]) for s in samples])["per_attribute"]
