@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aiprod import storage  # noqa: E402
-from aiprod.config import ConfigError, add_config_arguments, load_config, overrides_from_args  # noqa: E402
+from aiprod.config import ConfigError, add_config_arguments, overrides_from_args  # noqa: E402
 from aiprod.ray_local import init_ray  # noqa: E402
 
 DEMO_SHARDS = "out/shards/demo"
@@ -57,27 +57,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load(args: argparse.Namespace):
-    from aiprod.training.runner import RunOptions, check_run_name, run_uri, stored_config
+    from aiprod.training.run_options import resolve_run
 
-    overrides = overrides_from_args(args)
-    base = args.config or args.preset or ("tiny" if args.demo else None)
-    run_name = args.run_name or ("demo" if args.demo else None)
-    if not run_name:
-        raise ConfigError("config: --run-name is required")
-    check_run_name(run_name)  # before Ray starts
-    if args.resume and base is None:
-        storage_root = args.storage or load_config("tiny").train.storage
-        cfg = stored_config(run_uri(RunOptions(data="", storage=storage_root, run_name=run_name)), overrides)
-    else:
-        cfg = load_config(base or "tiny", overrides)
-    data = args.data or cfg.data.uri or (DEMO_SHARDS if args.demo else None)
-    if data is None:
-        raise ConfigError("config: no data: pass --data URI or set data.uri")
-    opts = RunOptions(data=data, storage=args.storage or cfg.train.storage, run_name=run_name,
-                      start_phase=args.start_phase, end_phase=args.end_phase, resume=args.resume,
-                      resume_phase=args.resume_phase, workers=args.workers, replace=args.demo and not args.resume,
-                      latents=args.latents)
-    return cfg, opts
+    return resolve_run(args.config or args.preset or ("tiny" if args.demo else None), overrides_from_args(args),
+                       args.run_name, args.storage, args.data, args.resume, DEMO_SHARDS if args.demo else None,
+                       start_phase=args.start_phase, end_phase=args.end_phase, resume_phase=args.resume_phase,
+                       workers=args.workers, latents=args.latents)
 
 
 def build_demo_shards(cfg, uri: str) -> None:
@@ -93,12 +78,6 @@ def build_demo_shards(cfg, uri: str) -> None:
                            data=cfg.data, progress=True)
 
 
-def cpus_needed(cfg) -> float:
-    """Logical CPUs a new local cluster needs: the training workers plus the data pipeline."""
-    workers = cfg.train.workers if isinstance(cfg.train.workers, int) else cfg.train.cpu_workers
-    return workers * cfg.train.cpus_per_worker + cfg.data.decode_workers + cfg.data.read_workers + 1
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
@@ -111,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         build_demo_shards(cfg, opts.data)
     from aiprod.data.bad_samples import TrainingDataError, data_error_message
     from aiprod.data.latent_cache import LatentCacheError
-    from aiprod.training.runner import RunExistsError, run_curriculum
+    from aiprod.training.run_options import RunExistsError, cpus_needed
+    from aiprod.training.runner import run_curriculum
 
     init_ray(cpus_needed(cfg), args.ray_address)
     try:

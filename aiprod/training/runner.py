@@ -13,73 +13,20 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from aiprod import model_dir, storage
-from aiprod.config import Config, ConfigError, load_config
+from aiprod.config import Config, ConfigError
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.engine import deepspeed_config
+from aiprod.training.run_options import RUN_CONFIG, RunExistsError, RunOptions, run_exists, run_uri
 from aiprod.training.worker_plan import WorkerPlan, choose_workers, cluster_gpus
 
 log = logging.getLogger("aiprod.training")
-
-RUN_CONFIG = "config.yaml"
-
-
-class RunExistsError(ValueError):
-    """A fresh run was asked for a run name that already has outputs."""
-
-
-@dataclass
-class RunOptions:
-    data: str
-    storage: str
-    run_name: str
-    start_phase: int = 0
-    end_phase: int | None = None
-    resume: bool = False
-    resume_phase: int | None = None
-    workers: str | int = "auto"
-    replace: bool = False  # delete an existing run of the same name first (demo runs)
-    latents: str | None = None  # a latent cache the denoiser phases read (default data.latents)
-
-
-RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def check_run_name(name: str | None) -> str:
-    """A run name is a directory and an S3 key part: letters, digits, '.', '_', '-'; 1-128 long."""
-    if not name or not RUN_NAME_RE.fullmatch(name):
-        raise ConfigError(f"config: --run-name {name!r} is not a plain name: use 1-128 letters, digits, '.', "
-                          "'_' or '-', starting with a letter or digit")
-    return name
-
-
-def run_uri(opts: RunOptions) -> str:
-    return storage.join(storage.absolute(opts.storage), check_run_name(opts.run_name))
-
-
-def run_exists(uri: str) -> bool:
-    return storage.exists(storage.join(uri, RUN_CONFIG)) or storage.exists(storage.join(uri, ckpt.RAY_SNAPSHOT))
-
-
-def stored_config(uri: str, overrides: list[str] = ()) -> Config:
-    """The resolved config a run was started with (for --resume), plus new overrides."""
-    source = storage.join(uri, RUN_CONFIG)
-    if not storage.exists(source):
-        raise FileNotFoundError(f"--resume: no run at {uri} (no {RUN_CONFIG})")
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / RUN_CONFIG
-        local.write_bytes(storage.read_bytes(source))
-        return load_config(local, overrides)
-
 
 def check_config(cfg: Config, opts: RunOptions, plan: WorkerPlan) -> None:
     """Everything that can be checked before a worker starts; raises ConfigError naming the key."""
