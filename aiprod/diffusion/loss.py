@@ -30,23 +30,15 @@ def drop_captions(captions: list[str], p: float, generator: torch.Generator | No
     return ["" if d else c for c, d in zip(captions, (drop < p).tolist())]
 
 
-def diffusion_loss(
-    model: VideoModel,
-    video: torch.Tensor,
-    captions: list[str],
-    schedule: NoiseSchedule,
-    cfg: DiffusionConfig,
-    generator: torch.Generator | None = None,
-    *,
-    timesteps: torch.Tensor | None = None,
-    noise: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Scalar MSE loss for one batch. `timesteps` [B] / `noise` (latent-shaped) fix the random
-    draws (for tests and validation at fixed noise levels); by default both are sampled."""
+def diffusion_loss(model: VideoModel, video: torch.Tensor, captions: list[str], schedule: NoiseSchedule,
+                   cfg: DiffusionConfig, generator: torch.Generator | None = None, **fixed: torch.Tensor | None
+                   ) -> torch.Tensor:
+    """Scalar MSE loss for one batch of video [B, 3, T, H, W] in [-1, 1]: `latent_diffusion_loss` on its
+    normalised VAE latents (`fixed`: its `timesteps` / `noise`)."""
     if video.ndim != 5 or video.shape[1] != 3:
         raise ValueError(f"diffusion_loss: video must be [B, 3, T, H, W] in [-1, 1], got {tuple(video.shape)}")
     latents = encode_latents(model.vae, video, cfg.latents, generator)
-    return latent_diffusion_loss(model, latents, captions, schedule, cfg, generator, timesteps=timesteps, noise=noise)
+    return latent_diffusion_loss(model, latents, captions, schedule, cfg, generator, **fixed)
 
 
 def latent_diffusion_loss(
@@ -60,7 +52,9 @@ def latent_diffusion_loss(
     timesteps: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`diffusion_loss` from normalised latents [B, C, t, h, w] (a latent cache's rows)."""
+    """Scalar MSE loss from normalised latents [B, C, t, h, w] (a latent cache's rows, or a video's).
+    `timesteps` [B] / `noise` (latent-shaped) fix the random draws (for tests and validation at fixed
+    noise levels); by default both are sampled."""
     if len(captions) != latents.shape[0]:
         raise ValueError(f"diffusion_loss: {len(captions)} captions for a batch of {latents.shape[0]} clips")
     batch, device = latents.shape[0], latents.device

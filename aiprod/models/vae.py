@@ -188,8 +188,8 @@ class Level(nn.Module):
         return self.resample(x, cache) if self.resample is not None else x
 
 
-def _levels(cfg: VAEConfig) -> tuple[int, int]:
-    """(spatial levels, temporal levels), validating the compression settings."""
+def _levels(cfg: VAEConfig) -> tuple[int, int, list[int]]:
+    """(spatial levels, temporal levels, channels per level), validating the compression settings."""
     s, tc = cfg.spatial_compression, cfg.temporal_compression
     if s & (s - 1):
         raise ValueError(f"model.vae.spatial_compression must be a power of two, got {s}")
@@ -206,14 +206,13 @@ def _levels(cfg: VAEConfig) -> tuple[int, int]:
             f"model.vae.temporal_compression={tc} needs at least log2({tc})={temporal} downsampling "
             f"levels, but spatial_compression={s} gives {spatial}"
         )
-    return spatial, temporal
+    return spatial, temporal, [cfg.base_channels * m for m in cfg.channel_mults]
 
 
 class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        spatial, temporal = _levels(cfg)
-        chs = [cfg.base_channels * m for m in cfg.channel_mults]
+        spatial, temporal, chs = _levels(cfg)
         g, kt = cfg.norm_groups, cfg.temporal_kernel
         self.conv_in = CausalConv3d(cfg.in_channels, chs[0], kernel_t=kt)
         levels, cin = [], chs[0]
@@ -240,8 +239,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        spatial, temporal = _levels(cfg)
-        chs = [cfg.base_channels * m for m in cfg.channel_mults]
+        spatial, temporal, chs = _levels(cfg)
         g, kt = cfg.norm_groups, cfg.temporal_kernel
         n_blocks = cfg.decoder_res_blocks or cfg.num_res_blocks + 1
         self.conv_in = CausalConv3d(cfg.latent_channels, chs[-1], kernel_t=kt)
