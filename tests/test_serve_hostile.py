@@ -160,7 +160,9 @@ def test_a_production_pointer_to_a_corrupt_version_is_backed_off_and_reported(se
         (root / "production.json").write_text(json.dumps({"version": V2, "previous": [V1]}))
         ready = wait_for(lambda: (r := served.http.get("/v1/ready")).status_code == 503 and r, "/v1/ready 503")
         assert any("model load failed" in p and V2 in p for p in ready.json()["problems"]), ready.json()
-        failure = standard_info(served)["load_failures"]["production"]
+        # /v1/ready goes 503 at the first replica's failure: the standard one may report it a moment later
+        failure = wait_for(lambda: standard_info(served)["load_failures"].get("production"),
+                           "the standard replica's load failure")
         assert failure["target"] == V2 and failure["attempts"] >= 1 and "sha256 mismatch" in failure["error"]
         r = served.video()
         assert r.status_code == 200 and r.headers["x-model-version"] == V1  # the loaded version keeps serving
