@@ -25,19 +25,13 @@ _ENCODERS: dict[tuple, Any] = {}  # per worker process: Ray reuses processes acr
 
 
 def weights_config(weights_dir: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config.yaml stored with a weights dir (local or s3://), plus overrides."""
-    import tempfile
-    from pathlib import Path
+    """The config stored with a weights dir (local or s3://), plus overrides (model_dir.read_config)."""
+    from aiprod import model_dir
 
-    from aiprod.config import load_config
-
-    config = storage.join(weights_dir, "config.yaml")
-    if not storage.exists(config):
-        raise FileNotFoundError(f"--vae: no config.yaml in {weights_dir} (expected a run's final/ or a checkpoint)")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "config.yaml"
-        local.write_bytes(storage.read_bytes(config))
-        return load_config(local, list(overrides))
+    if not storage.exists(storage.join(weights_dir, model_dir.CONFIG)):
+        raise FileNotFoundError(f"--vae: no {model_dir.CONFIG} in {weights_dir} (expected a run's final/ or a "
+                                f"checkpoint)")
+    return model_dir.read_config(weights_dir, overrides)
 
 
 def load_vae(weights_dir: str, device: str = "cpu"):
