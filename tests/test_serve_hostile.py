@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.test_serve import AUTH, TINY, V1, V2, App, decode, deployed_app
+from tests.serve_app import AUTH, TINY, V1, V2, App, decode, deployed_app
 
 JSON = {**AUTH, "content-type": "application/json"}
 
