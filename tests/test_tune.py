@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_trial_overrides_apply_the_point_to_the_tuned_phases():
     cfg = load_config("tiny", ["tune.end_phase=2"])
     base1, base2 = cfg.curriculum.phases[1].lr, cfg.curriculum.phases[2].lr
-    trial = space.apply(cfg, space.trial_overrides(cfg, {"lr": 1e-3, "diffusion.noise_lambda": 0.8}))
+    trial = cfg.with_overrides(space.trial_overrides(cfg, {"lr": 1e-3, "diffusion.noise_lambda": 0.8}))
     assert trial.curriculum.phases[1].lr == pytest.approx(1e-3)
     assert trial.curriculum.phases[2].lr == pytest.approx(1e-3 * base2 / base1)  # the curriculum's ratio
     assert trial.curriculum.phases[0].lr == cfg.curriculum.phases[0].lr  # untuned phase untouched

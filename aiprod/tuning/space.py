@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiprod.config import Config, ConfigError, SearchDim, apply_override, validate
+from aiprod.config import Config, ConfigError, SearchDim
 
 LR_KEY = "lr"
 
@@ -52,13 +52,6 @@ def trial_overrides(cfg: Config, params: dict[str, float]) -> list[str]:
     return [f"{key}={value!r}" for key, value in tree.items()]
 
 
-def apply(cfg: Config, overrides: list[str]) -> Config:
-    tree = cfg.to_dict()
-    for override in overrides:
-        apply_override(tree, override)
-    return validate(tree)
-
-
 def check_space(cfg: Config) -> None:
     """Every key is `lr` or a numeric config path, and both ends of its range validate."""
     if not cfg.tune.space:
@@ -76,7 +69,7 @@ def check_space(cfg: Config) -> None:
                 raise ConfigError(f"config: tune.space.{key}: '{key}' holds {node!r}, not a number")
         for end in (dim.low, dim.high):
             try:
-                apply(cfg, trial_overrides(cfg, {key: end}))
+                cfg.with_overrides(trial_overrides(cfg, {key: end}))
             except ConfigError as exc:
                 raise ConfigError(f"config: tune.space.{key}: {end} is not allowed there:\n{exc}") from None
 

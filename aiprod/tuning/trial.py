@@ -85,7 +85,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
 
     base = validate(context.config)
     sampled = {key: params[key] for key in base.tune.space}
-    cfg = space.apply(base, space.trial_overrides(base, sampled))
+    cfg = base.with_overrides(space.trial_overrides(base, sampled))
     phases = space.tuned_phases(base)
     trial_id = ray.tune.get_context().get_trial_id()
     run = storage.join(context.search_uri, TRIALS_DIR, trial_id)
