@@ -139,6 +139,8 @@ class DataConfig(Section):
     read_workers: int = Field(2, ge=1, description="concurrent shard-reading tasks in Ray Data")
     decode_batch_size: int = Field(4, ge=1, description="clips per decode call (map_batches)")
     bad_keys_reported: int = Field(5, ge=1, description="bad sample keys named in the error")
+    max_windows: int = Field(0, ge=0, description="clips a video longer than a clip gives per pass: one per "
+                             "whole clip span in it, at most this many (0 = no cap; 1 = one random window)")
     latents: str | None = Field(None, description="latent cache dir or s3:// prefix (jobs/encode_latents.py) "
                                 "that denoiser phases read instead of decoding and encoding video")
     latent_windows: int = Field(1, ge=1, description="clip windows a latent cache encodes per clip")
@@ -157,6 +159,9 @@ class PhaseConfig(Section):
     height: int = Field(64, ge=8)
     width: int = Field(64, ge=8)
     fps: float = Field(8.0, gt=0)
+    buckets: list[str] | None = Field(None, description="clip shapes FRAMESxHEIGHTxWIDTH (e.g. ['9x64x64', "
+                                      "'9x48x80']): each video trains in the one nearest its aspect ratio, each "
+                                      "batch is one bucket's; None = frames x height x width only")
     steps: int | None = Field(None, ge=1, description="optimizer steps (exit rule 'steps')")
     epochs: int | None = Field(None, ge=1, description="passes over the phase data")
     minutes: float | None = Field(None, gt=0, description="wall-clock cap on the phase's training; the LR "
@@ -183,6 +188,14 @@ class PhaseConfig(Section):
             raise ValueError("exit 'epochs' needs `epochs`")
         if any(level not in range(1, 6) for level in self.levels):
             raise ValueError(f"levels must be within 1..5, got {self.levels}")
+        if self.buckets is not None:
+            from aiprod.data.clips import parse_bucket
+
+            if not self.buckets:
+                raise ValueError("buckets: list at least one FRAMESxHEIGHTxWIDTH, or leave it out")
+            shapes = [parse_bucket(b) for b in self.buckets]
+            if len(set(shapes)) != len(shapes):
+                raise ValueError(f"buckets: {self.buckets} lists a shape twice")
         return self
 
 

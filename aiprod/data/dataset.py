@@ -4,11 +4,12 @@
     for batch in ds.iter_torch_batches(batch_size=4, collate_fn=ModelBatchCollate()): ...
     # in Ray Train: TorchTrainer(datasets={"train": ds}); ray.train.get_dataset_shard("train")
 
-Stages: read tar shards (our own datasource, one read task per shard, shards in shuffled order,
-rows shuffled in a local buffer; Ray issue #44068 keeps us off read_webdataset) -> filter by the
-phase's levels and by clip length from each sample's JSON, before any decoding -> decode clips in
-`map_batches` on up to `data.decode_workers` tasks at once, each clip exactly the phase's (frames, H, W), so
-every batch has one shape -> rows {key, frames uint8[T,H,W,3], caption, language, level}.
+Stages: read tar shards (`aiprod.data.shard_reader`: one read task per shard; samples filtered by
+the phase's levels and length before any decoding; one row per clip window of a long video) ->
+decode clips in `map_batches` on up to `data.decode_workers` tasks at once, each clip exactly its
+bucket's (frames, H, W) -> rows {key, frames uint8[T,H,W,3], caption, language, level, shard,
+window}. A phase of several buckets carries each clip's bytes and bucket instead, and
+`bucket_batches` makes batches of one bucket each on the worker.
 
 Samples that fail to decode are dropped, logged with their key and counted (`aiprod.data.bad_samples`);
 once more than `data.max_bad_fraction` of the phase's samples have failed, the decode step raises
@@ -18,213 +19,36 @@ iterating it.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import random
-import tarfile
 import uuid
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from aiprod import storage
 from aiprod.config import DataConfig, PhaseConfig
-from aiprod.data import shards, video
+from aiprod.data import clips, video
 from aiprod.data.bad_samples import BadSamplesError, process_counter
+from aiprod.data.shard_reader import (  # noqa: F401 - phase_shards, eligible_samples, WINDOW_MARK: used from here
+    WINDOW_MARK, _datasource, _shard_eligible_count, eligible_samples, phase_shards)
 
 log = logging.getLogger(__name__)
-
-READ_BLOCK_BYTES = 8 << 20  # a read task yields a block at this much video (or decode_batch_size rows)
-UNTAGGED = 0  # `level` of samples without one level tag
-
-
-# ----------------------------------------------------------------------------- eligibility
-
-
-def _eligible(levels: list[int], phase_levels: set[int], untagged_all_phases: bool) -> bool:
-    if not levels:
-        return untagged_all_phases
-    return bool(phase_levels.intersection(levels))
-
-
-def _shard_eligible_count(record: dict[str, Any], phase_levels: set[int], untagged_all_phases: bool) -> int:
-    """Samples of a shard that may pass the level filter (multi-tagged ones count as eligible)."""
-    count = 0
-    for tag, n in record.get("levels", {}).items():
-        if tag == "untagged":
-            count += n if untagged_all_phases else 0
-        elif tag == "multi":
-            count += n
-        elif int(tag) in phase_levels:
-            count += n
-    return count
-
-
-def phase_shards(data_uri: str, phase: PhaseConfig, data: DataConfig, split: str = "train"
-                 ) -> list[tuple[str, dict[str, Any]]]:
-    """(shard URI, index record) of the shards holding samples eligible for the phase."""
-    levels = set(phase.levels)
-    return [(uri, record) for uri, record in shards.shard_uris(str(data_uri).rstrip("/"), split)
-            if _shard_eligible_count(record, levels, data.untagged_all_phases) > 0]
-
-
-def eligible_samples(data_uri: str, phase: PhaseConfig, data: DataConfig, split: str = "train") -> int:
-    """An upper bound of the phase's samples from index.json alone (the length filter needs the data)."""
-    levels = set(phase.levels)
-    return sum(_shard_eligible_count(r, levels, data.untagged_all_phases)
-               for _, r in phase_shards(data_uri, phase, data, split))
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-class _ShardRows:
-    """Reads one tar shard into Arrow blocks of filtered rows; runs inside a Ray read task.
-
-    The shard is read whole and its sha256 checked against index.json first (once per shard per
-    pass, on bytes read anyway); a shard that does not match or is not a readable tar is skipped,
-    named in the log, and its samples are counted as bad (`data.max_bad_fraction` applies)."""
-
-    def __init__(self, uri: str, record: dict[str, Any], phase: PhaseConfig, data: DataConfig, seed: int,
-                 counting: tuple[Any, str, tuple[float, int, int]] | None = None):
-        self.uri = uri
-        self.record = record
-        self.counting = counting
-        self.eligible = _shard_eligible_count(record, set(phase.levels), data.untagged_all_phases)
-        self.shard = uri.rstrip("/").rsplit("/", 1)[-1]
-        self.levels = set(phase.levels)
-        self.frames, self.fps = phase.frames, phase.fps
-        self.untagged_all_phases = data.untagged_all_phases
-        self.buffer_size = data.shuffle_buffer
-        self.block_rows = data.decode_batch_size  # small blocks spread the decoding over the decode tasks
-        self.seed = seed
-
-    def _row(self, key: str, parts: dict[str, bytes]) -> dict[str, Any] | None:
-        """A row for the decoder, None when filtered out; unusable samples carry `error`."""
-        row = {"key": key, "mp4": parts.get("mp4", b""), "caption": "", "language": "", "level": UNTAGGED,
-               "shard": self.shard, "error": ""}
-        try:
-            meta = json.loads(parts["json"].decode("utf-8"))
-            levels = [int(v) for v in meta.get("levels") or ([meta["level"]] if meta.get("level") else [])]
-        except (KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
-            row["error"] = f"unreadable sample JSON ({type(exc).__name__}: {exc})"
-            return row
-        if not _eligible(levels, self.levels, self.untagged_all_phases):
-            return None
-        if meta.get("frames") and meta.get("fps"):
-            info = video.VideoInfo(fps=float(meta["fps"]), frames=int(meta["frames"]), width=0, height=0,
-                                   duration=0.0, rotation=0)
-            if not video.fits_clip(info, self.frames, self.fps):
-                return None
-        row.update(caption=str(meta.get("caption") or ""), language=str(meta.get("language") or ""),
-                   level=levels[0] if len(levels) == 1 else UNTAGGED)
-        if not row["mp4"]:
-            row["error"] = "no .mp4 member"
-        return row
-
-    def _bad_shard(self, reason: str, read: int) -> Iterator[pa.Table]:
-        import ray
-
-        log.warning("skipping shard %s: %s", self.uri, reason)
-        if self.counting is None:
-            raise BadSamplesError(f"shard {self.uri}: {reason}")
-        counter, dataset_id, limits = self.counting
-        bad = [(self.shard, reason)] * max(1, self.eligible - read)
-        verdict = ray.get(counter.add.remote(dataset_id, limits, 0, bad))
-        if verdict:
-            raise BadSamplesError(verdict)
-        return iter(())
-
-    def __call__(self) -> Iterator[pa.Table]:
-        rng = random.Random(self.seed)
-        buffer: list[dict[str, Any]] = []
-        block: list[dict[str, Any]] = []
-        block_bytes = 0
-
-        def flush() -> Iterator[pa.Table]:
-            nonlocal block, block_bytes
-            if block:
-                yield pa.Table.from_pylist(block, schema=ROW_SCHEMA)
-            block, block_bytes = [], 0
-
-        try:
-            data = storage.read_bytes(self.uri)
-        except OSError as exc:
-            yield from self._bad_shard(f"unreadable ({exc})", 0)
-            return
-        if self.record.get("sha256") and hashlib.sha256(data).hexdigest() != self.record["sha256"]:
-            yield from self._bad_shard("sha256 does not match index.json (corrupt or replaced)", 0)
-            return
-        seen = 0
-        try:
-            for key, parts in shards.iter_tar_samples(io.BytesIO(data)):
-                seen += 1
-                row = self._row(key, parts)
-                if row is None:
-                    continue
-                buffer.append(row)
-                if len(buffer) <= self.buffer_size:
-                    continue
-                # local shuffle: emit a random row of the buffer
-                out = buffer.pop(rng.randrange(len(buffer)))
-                block.append(out)
-                block_bytes += len(out["mp4"])
-                if block_bytes >= READ_BLOCK_BYTES or len(block) >= self.block_rows:
-                    yield from flush()
-        except (tarfile.TarError, EOFError) as exc:  # a shard without a sha256 in index.json
-            yield from self._bad_shard(f"not a readable tar after {seen} samples ({exc})", seen)
-        rng.shuffle(buffer)
-        for out in buffer:
-            block.append(out)
-            block_bytes += len(out["mp4"])
-            if block_bytes >= READ_BLOCK_BYTES or len(block) >= self.block_rows:
-                yield from flush()
-        yield from flush()
-
-
-ROW_SCHEMA = pa.schema([("key", pa.string()), ("mp4", pa.binary()), ("caption", pa.string()),
-                        ("language", pa.string()), ("level", pa.int32()), ("shard", pa.string()),
-                        ("error", pa.string())])
-
-
-def _datasource(shard_list: list[tuple[str, dict[str, Any]]], phase: PhaseConfig, data: DataConfig,
-                counting: tuple[Any, str, tuple[float, int, int]] | None = None):
-    from ray.data.block import BlockMetadata
-    from ray.data.datasource import Datasource, ReadTask
-
-    class ShardDatasource(Datasource):
-        """One read task per tar shard."""
-
-        def get_name(self) -> str:
-            return "AIPRODShards"
-
-        def estimate_inmemory_data_size(self) -> int:
-            return sum(int(record["bytes"]) for _, record in shard_list)
-
-        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                           data_context: Any = None) -> list[ReadTask]:
-            tasks = []
-            for i, (uri, record) in enumerate(shard_list):
-                meta = BlockMetadata(num_rows=None, size_bytes=int(record["bytes"]), exec_stats=None,
-                                     input_files=[uri])
-                rows = _ShardRows(uri, record, phase, data, seed=data.seed * 1_000_003 + i, counting=counting)
-                tasks.append(ReadTask(rows, meta, schema=ROW_SCHEMA, per_task_row_limit=per_task_row_limit))
-            return tasks
-
-    return ShardDatasource()
 
 
 # ----------------------------------------------------------------------------- decoding
 
 
 class DecodeClips:
-    """map_batches UDF: mp4 bytes -> frames of exactly (T, H, W); bad samples dropped and counted.
+    """map_batches UDF: mp4 bytes -> frames of exactly its bucket's (T, H, W); bad samples dropped and
+    counted.
+
+    A phase of one bucket gives `frames` uint8 [B, T, H, W, 3]. A phase of several gives each clip's
+    raw bytes in `frame_bytes` and its bucket in `bucket` instead: Ray Data may join the blocks of
+    different buckets, which a tensor column of one shape cannot hold (`bucket_batches` makes batches
+    of one bucket of them on the worker).
 
     `windows` > 1 (latent caches) decodes that many windows of each clip, each from a seed of its
     own; window 0 is the one training online decodes."""
@@ -234,18 +58,24 @@ class DecodeClips:
         self.phase, self.data, self.counter, self.dataset_id = phase, data, counter, dataset_id
         self.limits = (data.max_bad_fraction, expected, data.bad_keys_reported)
         self.windows = windows
+        self.buckets = clips.phase_buckets(phase)
 
-    def _decode(self, key: str, mp4: bytes, window: int = 0) -> np.ndarray:
+    def _decode(self, key: str, mp4: bytes, window: int, bucket: int, start_s: float, slack_s: float) -> np.ndarray:
         phase, data = self.phase, self.data
         seed = zlib.crc32(f"{data.seed}:{key}".encode() if window == 0 else f"{data.seed}:{key}:{window}".encode())
-        return video.decode_clip(mp4, phase.frames, phase.fps, phase.height, phase.width, start=data.start,
+        if start_s >= 0:  # one window of a longer video
+            start = start_s + (slack_s / 2 if data.start == "center" else random.Random(seed).uniform(0.0, slack_s))
+        else:
+            start = data.start
+        shape = self.buckets[bucket]
+        return video.decode_clip(mp4, shape.frames, phase.fps, shape.height, shape.width, start=start,
                                  seed=seed, threads=data.decode_threads, timeout_s=data.clip_timeout_s, name=key)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import ray
 
         keep: list[int] = []
-        clips: list[np.ndarray] = []
+        decoded: list[np.ndarray] = []
         windows: list[int] = []
         bad: list[tuple[str, str]] = []
         for i, key in enumerate(batch["key"]):
@@ -253,10 +83,11 @@ class DecodeClips:
             error = str(batch["error"][i])
             if not error:
                 try:
-                    decoded = [self._decode(key, bytes(batch["mp4"][i]), w) for w in range(self.windows)]
-                    clips.extend(decoded)
-                    keep.extend([i] * len(decoded))
-                    windows.extend(range(len(decoded)))
+                    where = (int(batch["bucket"][i]), float(batch["start_s"][i]), float(batch["slack_s"][i]))
+                    got = [self._decode(key, bytes(batch["mp4"][i]), w, *where) for w in range(self.windows)]
+                    decoded.extend(got)
+                    keep.extend([i] * len(got))
+                    windows.extend(range(len(got)))
                     continue
                 except video.VideoError as exc:
                     error = f"{type(exc).__name__}: {exc}"
@@ -266,17 +97,43 @@ class DecodeClips:
         verdict = ray.get(self.counter.add.remote(self.dataset_id, self.limits, len(keep), bad))
         if verdict:
             raise BadSamplesError(verdict)
-        phase = self.phase
-        frames = np.stack(clips) if clips else np.empty((0, phase.frames, phase.height, phase.width, 3), np.uint8)
-        return {
+        out = {
             "key": np.asarray([str(batch["key"][i]) for i in keep], dtype=object),
-            "frames": frames,
             "caption": np.asarray([str(batch["caption"][i]) for i in keep], dtype=object),
             "language": np.asarray([str(batch["language"][i]) for i in keep], dtype=object),
             "level": np.asarray([int(batch["level"][i]) for i in keep], dtype=np.int32),
             "shard": np.asarray([str(batch["shard"][i]) for i in keep], dtype=object),
             "window": np.asarray(windows, dtype=np.int32),
         }
+        if len(self.buckets) > 1:
+            out["bucket"] = np.asarray([int(batch["bucket"][i]) for i in keep], dtype=np.int32)
+            out["frame_bytes"] = np.asarray([clip.tobytes() for clip in decoded], dtype=object)
+            return out
+        shape = self.buckets[0]
+        empty = (0, shape.frames, shape.height, shape.width, 3)
+        out["frames"] = np.stack(decoded) if decoded else np.empty(empty, np.uint8)
+        return out
+
+
+def bucket_batches(batches: Iterator[dict[str, np.ndarray]], phase: PhaseConfig, batch_size: int
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of `batch_size` clips of one bucket each, from the rows of a several-bucket phase
+    (`frame_bytes`, `bucket`); a bucket's last partial batch of the pass is dropped."""
+    buckets = clips.phase_buckets(phase)
+    pending: dict[int, list[dict[str, Any]]] = {}
+    for batch in batches:
+        for i in range(len(batch["key"])):
+            bucket = int(batch["bucket"][i])
+            rows = pending.setdefault(bucket, [])
+            rows.append({name: values[i] for name, values in batch.items()})
+            if len(rows) < batch_size:
+                continue
+            shape = buckets[bucket]
+            frames = np.stack([np.frombuffer(r["frame_bytes"], np.uint8).reshape(
+                shape.frames, shape.height, shape.width, 3) for r in rows])
+            out = {name: np.asarray([r[name] for r in rows]) for name in rows[0] if name != "frame_bytes"}
+            pending[bucket] = []
+            yield {**out, "frames": frames}
 
 
 def _decode_batch(batch: dict[str, np.ndarray], decode: DecodeClips) -> dict[str, np.ndarray]:
@@ -304,7 +161,7 @@ def build_phase_dataset(data_uri: str, phase: PhaseConfig, data: DataConfig, spl
                          f"(levels {phase.levels}, data.untagged_all_phases={data.untagged_all_phases})")
     if data.shuffle_files:
         random.Random(data.seed).shuffle(shard_list)
-    expected = sum(_shard_eligible_count(r, set(phase.levels), data.untagged_all_phases) for _, r in shard_list)
+    expected = sum(_shard_eligible_count(r, phase, data) for _, r in shard_list)
     dataset_id = uuid.uuid4().hex[:12]
     counter = process_counter()
 

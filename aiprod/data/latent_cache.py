@@ -70,7 +70,10 @@ class Bucket:
 
     @classmethod
     def of(cls, phase: PhaseConfig) -> Bucket:
-        return cls(phase.frames, phase.height, phase.width, float(phase.fps))
+        from aiprod.data.clips import phase_buckets
+
+        shape = phase_buckets(phase)[0]  # a cached phase has one (runner.check_config)
+        return cls(shape.frames, shape.height, shape.width, float(phase.fps))
 
 
 def vae_fingerprint(state: dict[str, Any]) -> str:

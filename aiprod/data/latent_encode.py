@@ -82,6 +82,9 @@ def buckets_of(phases: list[PhaseConfig]) -> dict[lc.Bucket, PhaseConfig]:
     """One reading phase per bucket: the union of the levels of the phases that share it."""
     out: dict[lc.Bucket, PhaseConfig] = {}
     for phase in phases:
+        if phase.buckets and len(phase.buckets) > 1:
+            raise lc.LatentCacheError(f"phase '{phase.name}' lists {len(phase.buckets)} buckets: a latent cache "
+                                      "holds one clip shape per phase")
         bucket = lc.Bucket.of(phase)
         if bucket in out:
             levels = sorted(set(out[bucket].levels) | set(phase.levels))

@@ -134,6 +134,9 @@ def _write_shard(plan: ShardPlan, samples: list[Sample], out_uri: str) -> dict[s
         "levels": dict(sorted(levels.items())),
         "tagged_levels": sorted({lv for s in samples for lv in s.meta.get("levels", [])}),
         "min_duration_s": min((s.meta["duration"] for s in samples), default=0.0),
+        # per sample [levels, frames, fps, width, height]: clip windows and buckets per phase from index.json
+        "videos": [[list(s.meta.get("levels") or []), int(s.meta.get("frames") or 0), float(s.meta.get("fps") or 0),
+                    int(s.meta.get("width") or 0), int(s.meta.get("height") or 0)] for s in samples],
         "rejected": [],
     }
 

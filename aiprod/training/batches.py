@@ -63,7 +63,8 @@ class PhaseBatches:
     def _batches(self, phase_index: int) -> Iterator[dict[str, Any]]:
         import ray.train
 
-        from aiprod.data.dataset import to_model_batch
+        from aiprod.data.clips import phase_buckets
+        from aiprod.data.dataset import bucket_batches, to_model_batch
 
         phase = self.cfg.curriculum.phases[phase_index]
         if phase_index in self.held:
@@ -72,7 +73,11 @@ class PhaseBatches:
         shard = ray.train.get_dataset_shard(f"phase{phase_index}")
         hold = self.from_cache(phase_index) and self._fits_in_memory()
         kept = []
-        for batch in shard.iter_batches(batch_size=phase.batch_size, batch_format="numpy", drop_last=True):
+        bucketed = not self.from_cache(phase_index) and len(phase_buckets(phase)) > 1
+        batches = shard.iter_batches(batch_size=phase.batch_size, batch_format="numpy", drop_last=not bucketed)
+        if bucketed:  # rows of several shapes: batches of one bucket each
+            batches = bucket_batches(batches, phase, phase.batch_size)
+        for batch in batches:
             batch = to_model_batch(batch)
             if hold:
                 kept.append(batch)

@@ -32,6 +32,7 @@ def check_config(cfg: Config, opts: RunOptions, plan: WorkerPlan) -> None:
     """Everything that can be checked before a worker starts; raises ConfigError naming the key."""
     import torch
 
+    from aiprod.data.clips import phase_buckets
     from aiprod.models import build_model
 
     phases = cfg.curriculum.phases
@@ -54,11 +55,16 @@ def check_config(cfg: Config, opts: RunOptions, plan: WorkerPlan) -> None:
         model = None
     for i, phase in enumerate(phases):
         where = f"curriculum.phases.{i}"
-        if model is not None:
-            try:
-                model.vae.check_frames(phase.frames)
-            except ValueError as exc:
-                problems.append(f"{where}.frames: {exc}")
+        for shape in phase_buckets(phase):
+            if model is not None:
+                try:
+                    model.vae.check_frames(shape.frames)
+                except ValueError as exc:
+                    problems.append(f"{where}.{'buckets' if phase.buckets else 'frames'}: {exc}")
+        caching = cfg.train.cache_latents or cfg.data.latents or opts.latents
+        if phase.buckets and len(phase.buckets) > 1 and phase.component == "denoiser" and caching:
+            problems.append(f"{where}.buckets: a latent cache holds one clip shape per phase; train this phase "
+                            "from video (no train.cache_latents / --latents) or list one bucket")
         try:
             deepspeed_config(cfg.train, phase, plan.num_workers)
         except ValueError as exc:
