@@ -8,7 +8,7 @@ Stages: read tar shards (`aiprod.data.shard_reader`: one read task per shard; sa
 the phase's levels and length before any decoding; one row per clip window of a long video) ->
 decode clips in `map_batches` on up to `data.decode_workers` tasks at once, each clip exactly its
 bucket's (frames, H, W) -> rows {key, frames uint8[T,H,W,3], caption, language, level, shard,
-window}. A phase of several buckets carries each clip's bytes and bucket instead, and
+window}. A phase of several buckets gives frames of several shapes and each clip's bucket, and
 `bucket_batches` makes batches of one bucket each on the worker.
 
 Samples that fail to decode are dropped, logged with their key and counted (`aiprod.data.bad_samples`);
@@ -45,10 +45,10 @@ class DecodeClips:
     """map_batches UDF: mp4 bytes -> frames of exactly its bucket's (T, H, W); bad samples dropped and
     counted.
 
-    A phase of one bucket gives `frames` uint8 [B, T, H, W, 3]. A phase of several gives each clip's
-    raw bytes in `frame_bytes` and its bucket in `bucket` instead: Ray Data may join the blocks of
-    different buckets, which a tensor column of one shape cannot hold (`bucket_batches` makes batches
-    of one bucket of them on the worker).
+    A phase of one bucket gives `frames` uint8 [B, T, H, W, 3]. A phase of several gives `frames` as
+    a variable-shaped tensor column and each clip's `bucket`: Ray Data may join the blocks of
+    different buckets into one batch (`bucket_batches` makes batches of one bucket of them on the
+    worker).
 
     `windows` > 1 (latent caches) decodes that many windows of each clip, each from a seed of its
     own; window 0 is the one training online decodes."""
@@ -105,9 +105,11 @@ class DecodeClips:
             "shard": np.asarray([str(batch["shard"][i]) for i in keep], dtype=object),
             "window": np.asarray(windows, dtype=np.int32),
         }
-        if len(self.buckets) > 1:
+        if len(self.buckets) > 1:  # a variable-shaped tensor column (Ray Data joins it with fixed-shape ones)
             out["bucket"] = np.asarray([int(batch["bucket"][i]) for i in keep], dtype=np.int32)
-            out["frame_bytes"] = np.asarray([clip.tobytes() for clip in decoded], dtype=object)
+            out["frames"] = np.empty(len(decoded), dtype=object)
+            for i, clip in enumerate(decoded):  # one by one: a slice assignment would broadcast same-shape clips
+                out["frames"][i] = clip
             return out
         shape = self.buckets[0]
         empty = (0, shape.frames, shape.height, shape.width, 3)
@@ -118,22 +120,16 @@ class DecodeClips:
 def bucket_batches(batches: Iterator[dict[str, np.ndarray]], phase: PhaseConfig, batch_size: int
                    ) -> Iterator[dict[str, np.ndarray]]:
     """Batches of `batch_size` clips of one bucket each, from the rows of a several-bucket phase
-    (`frame_bytes`, `bucket`); a bucket's last partial batch of the pass is dropped."""
-    buckets = clips.phase_buckets(phase)
+    (`frames` of several shapes, `bucket`); a bucket's last partial batch of the pass is dropped."""
     pending: dict[int, list[dict[str, Any]]] = {}
     for batch in batches:
         for i in range(len(batch["key"])):
-            bucket = int(batch["bucket"][i])
-            rows = pending.setdefault(bucket, [])
+            rows = pending.setdefault(int(batch["bucket"][i]), [])
             rows.append({name: values[i] for name, values in batch.items()})
-            if len(rows) < batch_size:
-                continue
-            shape = buckets[bucket]
-            frames = np.stack([np.frombuffer(r["frame_bytes"], np.uint8).reshape(
-                shape.frames, shape.height, shape.width, 3) for r in rows])
-            out = {name: np.asarray([r[name] for r in rows]) for name in rows[0] if name != "frame_bytes"}
-            pending[bucket] = []
-            yield {**out, "frames": frames}
+            if len(rows) == batch_size:
+                yield {name: np.stack([r[name] for r in rows]) if name == "frames" else np.asarray([r[name] for r in rows])
+                       for name in rows[0]}
+                rows.clear()
 
 
 def _decode_batch(batch: dict[str, np.ndarray], decode: DecodeClips) -> dict[str, np.ndarray]:
