@@ -7,8 +7,11 @@
 Writes OUT/report.json, OUT/report.html, OUT/contact_sheet.png, OUT/sheets/*.png and, when the
 checkpoint's run left a metrics.jsonl, OUT/loss_curves.png. `--version` / `--compare` take a
 registry version name (or `production` / `latest`) or a weights directory. Overrides
-(`eval.num_samples=16`) apply to the evaluated model's config. The last line printed is JSON:
-{"out", "passed", "metrics"}. Exit 0 whether or not the gates pass (see `passed`), 1 on errors.
+(`eval.num_samples=16`) apply to the evaluated model's config. VAE reconstruction (PSNR/SSIM) of the
+held-out clips of `--data` (real footage too: no ground truth needed) is printed per bucket and is
+in report.json per clip (`vae.per_clip`) and per bucket (`vae.per_bucket`). The last line printed
+is JSON: {"out", "passed", "metrics", "vae_per_bucket"}. Exit 0 whether or not the gates pass (see
+`passed`), 1 on errors.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from aiprod.eval.report import evaluate
+    from aiprod.eval.report import evaluate, json_safe
     from aiprod.model_dir import CheckpointError, locate
     from aiprod.registry import RegistryError
 
@@ -58,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {Path(args.out) / 'report.html'}  gates {'PASSED' if gates['passed'] else 'FAILED'}"
           + "".join(f"\n  {r}" for r in gates["reasons"]))
     metrics = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in report["metrics"].items()}
-    print(json.dumps({"out": str(args.out), "passed": gates["passed"], "metrics": metrics}))
+    per_bucket = report["vae"]["per_bucket"]
+    for bucket, v in per_bucket.items():
+        print(f"  VAE reconstruction, bucket {bucket}: {v['clips']} clips, PSNR {v['psnr']:.2f} dB, "
+              f"SSIM {v['ssim']:.3f}")
+    print(json.dumps({"out": str(args.out), "passed": gates["passed"], "metrics": metrics,
+                      "vae_per_bucket": json_safe(per_bucket)}))
     return 3 if args.fail_on_gates and not gates["passed"] else 0
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -22,8 +23,49 @@ from aiprod import storage
 from aiprod.config import DataConfig
 from aiprod.data import captions as cap
 from aiprod.data import video, video_encode
+from aiprod.data.clips import ClipShape, nearest_bucket, phase_buckets, smaller_than
 from aiprod.data.shard_writer import JSON_OVERHEAD, Item, Rejected, Sample, Settings, build_shards
 from aiprod.data.shards import ShardError
+
+
+@dataclass(frozen=True)
+class VideoSettings(Settings):
+    """Settings of user videos: also the buckets a video must not be smaller than (see `too_small`)."""
+
+    min_buckets: tuple[tuple[tuple[int, int], ...], ...] = ()  # per phase, its buckets' (height, width)
+
+
+def parse_min_size(text: str) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """`--min-size`: "HxW" or "HxW,HxW,..." (one phase's buckets) -> min_buckets; "0"/"none" -> ()."""
+    if str(text).strip().lower() in ("", "0", "none", "off"):
+        return ()
+    sizes = []
+    for part in str(text).split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", part)
+        if not match or min(int(v) for v in match.groups()) < 1:
+            raise ValueError(f"--min-size must be HEIGHTxWIDTH[,HEIGHTxWIDTH...] (e.g. 64x64,48x80) or 0, got {text!r}")
+        sizes.append((int(match.group(1)), int(match.group(2))))
+    return (tuple(sizes),)
+
+
+def phases_min_buckets(phases: Sequence[Any]) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """min_buckets of curriculum phases: each phase's buckets (or its one height x width)."""
+    return tuple(tuple((b.height, b.width) for b in phase_buckets(p)) for p in phases)
+
+
+def too_small(width: int, height: int, min_buckets: Sequence[Sequence[tuple[int, int]]]) -> ClipShape | None:
+    """The bucket a video (displayed size) is too small for, or None: in each phase the video goes
+    to the bucket nearest its aspect ratio; it is too small when it is smaller (on either side)
+    than the smallest of those buckets, so it would be upscaled in every phase."""
+    picks = []
+    for sizes in min_buckets:
+        shapes = [ClipShape(1, h, w) for h, w in sizes]
+        if shapes:
+            picks.append(shapes[nearest_bucket(width, height, shapes)])
+    if not picks:
+        return None
+    smallest = min(picks, key=lambda b: (b.height * b.width, b.height))
+    return smallest if smaller_than(width, height, smallest) else None
 
 
 def _needs_transcode(data: bytes, info: video.VideoInfo, settings: Settings) -> bool:
@@ -46,6 +88,11 @@ def video_sample(item: Item, settings: Settings) -> Sample | Rejected:
             raise video.TooShortVideoError(
                 f"{item.source}: {info.frames} frames at {info.fps:g} fps, shorter than a clip of "
                 f"{settings.clip_frames} frames at {settings.clip_fps or info.fps:g} fps")
+        floor = too_small(info.width, info.height, getattr(settings, "min_buckets", ()))
+        if floor is not None:
+            return Rejected(item.key, item.source, "too_small",
+                            f"{item.source}: shown {info.width}x{info.height} (WxH, rotation {info.rotation}), "
+                            f"smaller than the {floor.height}x{floor.width} (HxW) bucket it would train in")
         if _needs_transcode(data, info, settings):
             data = video_encode.transcode(data, settings.max_side, settings.crf, settings.preset, name=item.source)
             info = video.probe(data, count_frames=True, name=item.source)
@@ -169,6 +216,10 @@ def video_items(videos: str, captions_file: str | None, data: DataConfig) -> tup
             rejected.append(Rejected(key, uri, "missing_file", f"{row['_where']}: no video at {uri}"))
             continue
         text = (row.get("caption") or "").strip() or _sidecar_caption(uri)
+        if not text and "caption" in row:
+            rejected.append(Rejected(key, uri, "no_caption",
+                                     f"{row['_where']}: empty caption for {row.get('path')} (and no sidecar .txt)"))
+            continue
         language = (row.get("language") or "").strip() or None
         items.append(Item(key=key, source=uri, caption=text, language=language, levels=levels,
                           emergency_type=(row.get("emergency_type") or "").strip() or None,
@@ -187,16 +238,21 @@ def build_video_shards(
     heldout_fraction: float | None = None,
     workers: int | None = None,
     progress: bool = False,
+    min_buckets: Sequence[Sequence[tuple[int, int]]] = (),
 ) -> dict[str, Any]:
     """Shards of user videos with captions; rejects are listed in rejected.jsonl.
 
     Videos whose longer side passes `max_side` (default data.shard_max_side), or that are not MP4,
     are re-encoded; with `clip_frames`, videos too short for a clip that long (at `clip_fps`, default
-    the video's own fps) are rejected."""
+    the video's own fps) are rejected; with `min_buckets` (per phase, its buckets' (height, width):
+    `phases_min_buckets`, `parse_min_size`), videos smaller than their bucket (`too_small`) are."""
     data = data or DataConfig()
     items, rejected = video_items(videos, captions_file, data)
     settings = Settings(max_side=max_side or data.shard_max_side, crf=data.encode_crf, preset=data.encode_preset,
                         clip_frames=clip_frames, clip_fps=clip_fps)
+    floors = tuple(tuple((int(h), int(w)) for h, w in sizes) for sizes in min_buckets if sizes)
+    if floors:  # plain Settings otherwise: the shard plans' fingerprints stay as they were
+        settings = VideoSettings(**asdict(settings), min_buckets=floors)
     source = {"videos": str(videos), "captions": captions_file}
     return build_shards(items, video_sample, out_uri, settings, data, heldout_fraction, workers, source, rejected,
                         progress)

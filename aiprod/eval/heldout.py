@@ -5,15 +5,18 @@ objective both compare a model with.
 
 One deterministic read: the `heldout` split of a shard directory (the train split when it has
 none), shards in index.json order and samples in shard order; each sample's clip is its centred
-`spec.frames` frames at `spec.fps`, resized and centre-cropped to `spec.height` x `spec.width`. The
-same data, size and seed give the same clips, so a count of N is the first N clips of any larger one.
-Samples too short, undecodable or without readable JSON are skipped and named.
+`spec.frames` frames at `spec.fps`, resized and centre-cropped to `spec.height` x `spec.width` (or,
+given `buckets`, to the bucket nearest the video's aspect ratio, from the width/height in its sample
+JSON, as training does: aiprod.data.clips). The same data, size and seed give the same clips, so a
+count of N is the first N clips of any larger one. Samples too short, undecodable or without
+readable JSON are skipped and named.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +24,7 @@ import numpy as np
 
 from aiprod import storage
 from aiprod.data import shards, video
+from aiprod.data.clips import ClipShape, nearest_bucket
 from aiprod.eval.settings import ClipSpec
 
 __all__ = ["HeldOut", "HeldOutClip", "read_heldout"]
@@ -32,6 +36,9 @@ class HeldOutClip:
     frames: np.ndarray  # uint8 [T, H, W, 3]
     caption: str
     language: str | None
+    width: int = 0  # the video's displayed size, from its sample JSON (0: unknown)
+    height: int = 0
+    bucket: str = ""  # FRAMESxHEIGHTxWIDTH the clip was read at
 
 
 @dataclass
@@ -48,14 +55,19 @@ class HeldOut:
         return {"uri": self.uri, "split": self.split, "clips": len(self.clips), "skipped": self.skipped}
 
 
-def _clip(key: str, parts: dict[str, bytes], spec: ClipSpec, seed: int) -> HeldOutClip:
+def _clip(key: str, parts: dict[str, bytes], spec: ClipSpec, seed: int,
+          buckets: Sequence[ClipShape] | None) -> HeldOutClip:
     meta = json.loads(parts["json"].decode("utf-8"))
-    frames = video.decode_clip(parts["mp4"], spec.frames, spec.fps, spec.height, spec.width, start="center",
+    width, height = int(meta.get("width") or 0), int(meta.get("height") or 0)
+    shape = buckets[nearest_bucket(width, height, list(buckets))] if buckets else \
+        ClipShape(spec.frames, spec.height, spec.width)
+    frames = video.decode_clip(parts["mp4"], shape.frames, spec.fps, shape.height, shape.width, start="center",
                                seed=seed, name=key)
-    return HeldOutClip(key, frames, str(meta.get("caption") or ""), meta.get("language"))
+    return HeldOutClip(key, frames, str(meta.get("caption") or ""), meta.get("language"), width, height, shape.name)
 
 
-def read_heldout(data_uri: str, count: int, spec: ClipSpec, seed: int = 0) -> HeldOut:
+def read_heldout(data_uri: str, count: int, spec: ClipSpec, seed: int = 0,
+                 buckets: Sequence[ClipShape] | None = None) -> HeldOut:
     """Up to `count` held-out clips of the shard directory `data_uri` (see the module docstring)."""
     index = shards.read_index(data_uri)
     if index is None:
@@ -66,7 +78,7 @@ def read_heldout(data_uri: str, count: int, spec: ClipSpec, seed: int = 0) -> He
             break
         for key, parts in shards.iter_tar_samples(io.BytesIO(storage.read_bytes(shard))):
             try:
-                heldout.clips.append(_clip(key, parts, spec, seed))
+                heldout.clips.append(_clip(key, parts, spec, seed, buckets))
             except (video.VideoError, KeyError, ValueError) as exc:  # ValueError: unreadable JSON
                 heldout.skipped.append(f"{key}: {exc}")
             if len(heldout.clips) >= count:

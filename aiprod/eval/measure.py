@@ -17,7 +17,7 @@ from aiprod.eval import metrics as m
 from aiprod.eval.scenes import EvalCase
 from aiprod.eval.settings import ClipSpec
 
-__all__ = ["ModelResult", "evaluate_model", "generate_and_judge"]
+__all__ = ["ModelResult", "evaluate_model", "generate_and_judge", "vae_per_clip_and_bucket"]
 
 
 @dataclass
@@ -115,3 +115,19 @@ def evaluate_model(pipe, cfg: Config, cases: list[EvalCase], spec: ClipSpec, lan
         "timing": {"generate_s": round(generate_s, 2), "seconds_per_video": round(generate_s / max(total, 1), 3)},
     }
     return ModelResult(section, videos)
+
+
+def vae_per_clip_and_bucket(vae: dict[str, Any], clips: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add `per_clip` ({key, width, height, bucket, psnr, ssim} per reference clip, in order) and
+    `per_bucket` ({bucket: {clips, psnr, ssim}}, means) to a vae_reconstruction result, from the
+    clips' descriptions (`clips[i]` is the clip measured i-th); returns `vae`."""
+    if len(clips) != len(vae["psnr_per_clip"]):
+        raise ValueError(f"{len(clips)} clip descriptions for {len(vae['psnr_per_clip'])} measured clips")
+    vae["per_clip"] = [{**clip, "psnr": p, "ssim": s}
+                       for clip, p, s in zip(clips, vae["psnr_per_clip"], vae["ssim_per_clip"])]
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in vae["per_clip"]:
+        groups[row["bucket"]].append(row)
+    vae["per_bucket"] = {bucket: {"clips": len(rows), "psnr": _mean([r["psnr"] for r in rows]),
+                                  "ssim": _mean([r["ssim"] for r in rows])} for bucket, rows in sorted(groups.items())}
+    return vae

@@ -6,6 +6,9 @@
 What is measured (`report["metrics"]`, the numbers release gates look at):
 - `psnr`, `ssim`: VAE reconstruction of held-out clips (the `heldout` split of `--data`; without
   data, the synthetic reference clips) — how faithfully the model's latent space holds video;
+  `vae.per_clip` has them per clip (key, size, bucket) and `vae.per_bucket` per bucket: each clip is
+  read at the last phase's bucket nearest its aspect ratio (its one size when it lists no buckets);
+  no ground truth is needed, so real footage is measured the same way;
 - `sample_psnr`, `sample_ssim`: each generated video against the ground-truth clip its prompt was
   made from (a loose, pixel-level agreement with the prompt's scene);
 - `temporal_coherence` of the generated videos (`reference_temporal_coherence` for the references);
@@ -35,11 +38,11 @@ from aiprod.config import Config
 from aiprod.eval import metrics as m
 from aiprod.eval.gates import passes_gates
 from aiprod.eval.heldout import read_heldout
-from aiprod.eval.measure import ModelResult, evaluate_model
+from aiprod.eval.measure import ModelResult, evaluate_model, vae_per_clip_and_bucket
 from aiprod.eval.report_html import render_html
 from aiprod.eval.run_log import find_metrics_log, phase_summary, read_metrics_log
 from aiprod.eval.scenes import EvalCase, build_cases
-from aiprod.eval.settings import ClipSpec, clip_spec, eval_languages
+from aiprod.eval.settings import ClipSpec, clip_spec, eval_buckets, eval_languages
 
 __all__ = ["evaluate", "json_safe", "reference_clips", "write_reports"]
 
@@ -58,13 +61,18 @@ def reference_clips(cfg: Config, spec: ClipSpec, data_uri: str | None,
     Tune objective compares with too), else the scenes' synthetic references."""
     if not data_uri:
         clips = [c.reference for c in cases]
+        shape = f"{spec.frames}x{spec.height}x{spec.width}"
         return clips, {"uri": None, "split": None, "clips": len(clips), "skipped": [],
-                       "source": "synthetic references"}
-    heldout = read_heldout(data_uri, cfg.eval.heldout_clips, spec, seed=cfg.data.seed)
+                       "source": "synthetic references",
+                       "per_clip": [{"key": f"scene-{c.index}", "width": spec.width, "height": spec.height,
+                                     "bucket": shape} for c in cases]}
+    heldout = read_heldout(data_uri, cfg.eval.heldout_clips, spec, seed=cfg.data.seed, buckets=eval_buckets(cfg))
     if not heldout.clips:
         raise ValueError(f"--data {data_uri}: no usable clips of {spec.frames} frames at {spec.fps} fps "
                          f"(skipped: {heldout.skipped[:3]})")
-    return heldout.frames(), {**heldout.summary(), "source": heldout.split}
+    return heldout.frames(), {**heldout.summary(), "source": heldout.split,
+                              "per_clip": [{"key": c.key, "width": c.width, "height": c.height, "bucket": c.bucket}
+                                           for c in heldout.clips]}
 
 
 def evaluate(checkpoint: str, out_dir: str | os.PathLike, data_uri: str | None = None,
@@ -87,6 +95,8 @@ def evaluate(checkpoint: str, out_dir: str | os.PathLike, data_uri: str | None =
         other = _load_pipeline(compare, device)
         results.append(evaluate_model(other, cfg, cases, spec, languages, clips, features, extractor,
                                       compare_label or Path(str(compare).rstrip("/")).name))
+    for result in results:
+        vae_per_clip_and_bucket(result.section["vae"], data["per_clip"])
     results[0].section["model"]["checkpoint"] = str(checkpoint)
     if compare:
         results[1].section["model"]["checkpoint"] = str(compare)

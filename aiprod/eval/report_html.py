@@ -64,6 +64,20 @@ def _summary(report: dict[str, Any]) -> str:
     ])
 
 
+def _vae(sections: list[dict[str, Any]]) -> str:
+    """VAE reconstruction of the reference clips per bucket and per clip."""
+    if not all("per_bucket" in s["vae"] for s in sections):
+        return ""
+    buckets = [[s["label"], b, v["clips"], v["psnr"], v["ssim"]] for s in sections
+               for b, v in s["vae"]["per_bucket"].items()]
+    clips = [[s["label"], c["key"], f"{c['width']}x{c['height']}", c["bucket"], c["psnr"], c["ssim"]]
+             for s in sections for c in s["vae"]["per_clip"]]
+    return ("<h2>VAE reconstruction per bucket</h2>" + _table(["model", "bucket (FxHxW)", "clips", "psnr", "ssim"],
+                                                              buckets)
+            + "<h2>VAE reconstruction per clip</h2>" + _table(["model", "clip", "video WxH", "bucket", "psnr",
+                                                               "ssim"], clips))
+
+
 def _losses(run: dict[str, Any]) -> str:
     if not run["phases"]:
         return "<p>No metrics.jsonl found next to the checkpoint (no training run to show).</p>"
@@ -97,7 +111,7 @@ def render_html(report: dict[str, Any], method: str) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>AIPROD report "
             f"{html.escape(report['model']['version'])}</title><style>{STYLE}</style></head><body>"
             f"<h1>Quality report: {html.escape(str(report['label']))}</h1>{_summary(report)}"
-            f"<h2>Release gates</h2>{_gates(report)}<h2>Metrics</h2>{metrics_table}"
+            f"<h2>Release gates</h2>{_gates(report)}<h2>Metrics</h2>{metrics_table}{_vae(sections)}"
             + _group_table("Per language", sections, "per_language")
             + _group_table("Per level (curriculum phase)", sections, "per_level")
             + f"<h2>Training loss per phase</h2>{_losses(report['run'])}<h2>Samples next to references</h2>"

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from aiprod.config import Config
 from aiprod.data import captions as cap
+from aiprod.data.clips import ClipShape, phase_buckets
 
-__all__ = ["ClipSpec", "clip_spec", "eval_languages"]
+__all__ = ["ClipSpec", "clip_spec", "eval_buckets", "eval_languages"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,16 @@ def clip_spec(cfg: Config) -> ClipSpec:
     last = cfg.curriculum.phases[-1]
     e = cfg.eval
     return ClipSpec(e.frames or last.frames, e.height or last.height, e.width or last.width, e.fps or last.fps)
+
+
+def eval_buckets(cfg: Config) -> list[ClipShape]:
+    """The shapes held-out clips are read at (each clip at the one nearest its aspect ratio): the last
+    phase's buckets, unless eval.{frames,height,width} set a size; else the one clip_spec shape."""
+    e = cfg.eval
+    if e.frames is None and e.height is None and e.width is None:
+        return phase_buckets(cfg.curriculum.phases[-1])
+    spec = clip_spec(cfg)
+    return [ClipShape(spec.frames, spec.height, spec.width)]
 
 
 def eval_languages(cfg: Config) -> list[str]:
