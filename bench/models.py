@@ -1,9 +1,16 @@
-"""Forward+backward time of the denoiser on one clip (default: gtx1070 size, 17 frames 256x256).
+"""Forward+backward time of the denoiser on one clip (default: gtx1070 size, 17 frames 256x256),
+and of the text encoder on batches of synthetic captions.
 
     python bench/models.py [--preset gtx1070] [--frames 17 --height 256 --width 256] [--repeats 3]
+    python bench/models.py --text-only --preset tiny     # just the text encoder
 
 On CPU: fp32 eager, with and without activation checkpointing. With CUDA: also bf16 autocast,
 eager and torch.compile. Prints one line per setting, the ratios, and a JSON line last.
+
+Text encoder: batches of 8 captions (levels 1-5, every language) padded to their longest, as
+training sees them, against the same batches at `model.text.max_length` tokens: before the grammar's
+words were terms (aiprod/models/terms.txt), a batch with any Hindi, Bengali or Tamil caption filled
+max_length. `text_new_over_old` is that ratio. On CPU the text figures use one thread.
 """
 
 from __future__ import annotations
@@ -42,6 +49,46 @@ def time_step(model: HybridBackbone, inputs: tuple, dtype: torch.dtype | None, r
     return statistics.median(times)
 
 
+def time_text(cfg, device: torch.device, repeats: int, batch: int = 8) -> dict[str, float]:
+    """Text encoder forward + backward: real caption batches vs the same batch size at max_length."""
+    import random
+
+    from aiprod.data.caption_lengths import grammar_captions
+    from aiprod.models.text import MultilingualTextEncoder
+
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # steady figures on a shared machine; restored below
+    torch.manual_seed(0)
+    encoder = MultilingualTextEncoder(cfg.text).to(device).train()
+    texts = [t for _, t in grammar_captions(seeds=40)]
+    random.Random(0).shuffle(texts)
+    batches = [encoder.tokenize(texts[i : i + batch]) for i in range(0, batch * 4, batch)]
+    full = torch.full((batch, cfg.text.max_length), 3 + ord("a"), dtype=torch.long)
+
+    def step(ids: torch.Tensor, mask: torch.Tensor) -> float:
+        ids, mask = ids.to(device), mask.to(device)
+        times = []
+        for i in range(repeats + 1):
+            encoder.zero_grad(set_to_none=True)
+            _sync(device)
+            start = time.perf_counter()
+            encoder(ids, mask).square().mean().backward()
+            _sync(device)
+            if i:
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    new = statistics.mean(step(ids, mask) for ids, mask in batches)
+    old = step(full, full != 0)
+    torch.set_num_threads(threads)
+    tokens = statistics.mean(ids.shape[1] for ids, _ in batches)
+    print(f"text encoder ({cfg.text.width}x{cfg.text.depth}) batch {batch}: captions pad to {tokens:.1f} tokens "
+          f"{new * 1e3:.1f} ms, at max_length {cfg.text.max_length}: {old * 1e3:.1f} ms")
+    return {"text_tokens_mean": tokens, "text_max_length": cfg.text.max_length, "text_new_s": new,
+            "text_at_max_length_s": old, "text_new_over_old": new / old}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--preset", default="gtx1070")
@@ -50,10 +97,16 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--text-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--text-only", action="store_true", help="time only the text encoder")
     args = parser.parse_args()
 
     cfg = load_config(args.preset).model
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text = time_text(cfg, device, max(args.repeats, 5))
+    if args.text_only:
+        print(json.dumps({"bench": "models", "device": str(device), "preset": args.preset,
+                          **{k: round(v, 4) for k, v in text.items()}}))
+        return
     s, tc = cfg.vae.spatial_compression, cfg.vae.temporal_compression
     latent = (cfg.vae.latent_channels, 1 + (args.frames - 1) // tc, args.height // s, args.width // s)
     torch.manual_seed(0)
@@ -90,7 +143,7 @@ def main() -> None:
     for name, value in ratios.items():
         print(f"{name:>20}: {value:.2f}x")
     print(json.dumps({"bench": "models", "device": str(device), "params": count_parameters(model),
-                      "tokens": tokens, **{k: round(v, 4) for k, v in {**results, **ratios}.items()}}))
+                      "tokens": tokens, **{k: round(v, 4) for k, v in {**results, **ratios, **text}.items()}}))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiprod import storage
 from aiprod.config import DataConfig
-from aiprod.data import shards
+from aiprod.data import caption_lengths, shards
 
 JSON_OVERHEAD = 2048  # bytes per sample for KEY.json and the tar headers, in size estimates
 SUBMIT_AHEAD = 4  # work items queued per process
@@ -137,6 +137,7 @@ def _write_shard(plan: ShardPlan, samples: list[Sample], out_uri: str) -> dict[s
         # per sample [levels, frames, fps, width, height]: clip windows and buckets per phase from index.json
         "videos": [[list(s.meta.get("levels") or []), int(s.meta.get("frames") or 0), float(s.meta.get("fps") or 0),
                     int(s.meta.get("width") or 0), int(s.meta.get("height") or 0)] for s in samples],
+        "caption_tokens": caption_lengths.caption_token_lengths(samples),  # {tokenizer, lengths: {lang: {n: count}}}
         "rejected": [],
     }
 
@@ -297,6 +298,7 @@ def build_shards(
         "shards": len(index["shards"]) + len(index["heldout"]),
         "shards_written": len(todo),
         "shards_skipped": len(plans) - len(todo),
+        "caption_tokens": caption_lengths.shards_summary(index["shards"] + index["heldout"]),  # + a stderr line
         "bytes": sum(r["bytes"] for r in records.values()),
         "seconds": round(time.monotonic() - started, 2),
     }

@@ -1,8 +1,14 @@
 """MultilingualTextEncoder: byte-level UTF-8 tokens plus domain-term tokens, then a transformer.
 
 No tokenizer to download: any script is its UTF-8 bytes. Terms from a list (emergency and civic
-words in English and Indian languages) become single tokens, matched longest first at word
-boundaries and case-insensitively; everything else falls back to bytes.
+words in English and Indian languages, and the synthetic caption grammar's words and the emergency
+templates' headline words in every caption language: en, hi, bn, ta) become single tokens, matched
+longest first at word boundaries and case-insensitively; everything else falls back to bytes. A
+term's embedding row starts as the mean of its bytes' rows (`init_term_embeddings`).
+
+terms.txt: the first `model.text.num_terms` (500) lines are used; the lines after them are terms
+left out to make room for the caption languages' words (other Indian languages' words, election and
+civic-administration words), kept for a larger `num_terms`.
 
 Vocabulary: 0 pad, 1 bos, 2 eos, 3..258 bytes, 259.. terms.
 """
@@ -154,6 +160,37 @@ class MultilingualTextEncoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(cfg.max_length, cfg.width) * 0.02)
         self.blocks = nn.ModuleList(TextBlock(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width)
+        self.init_term_embeddings()
+
+    @torch.no_grad()
+    def init_term_embeddings(self, mode: str = "mean_rescaled") -> None:
+        """Each term's row from its spelling: the mean of its UTF-8 bytes' rows, rescaled to the mean
+        norm of the byte rows ("mean_rescaled"; "mean" leaves it shorter the longer the term is).
+
+        So a term no caption has trained starts where its spelling points, not at a random vector.
+        Measured on the tiny encoder (and 768 wide, 2 deep), 3 seeds: the pooled output of each of
+        the 500 terms as one token against all 500 spelled in bytes, the right spelling nearest for
+        0.2 % of terms with random rows, 17 % (26 %) with the plain mean, 26 % (37 %) rescaled;
+        weighting bytes by IDF or centring the means did no better (24 % / 18 %). Runs in __init__;
+        a no-op on the meta device (a checkpoint's rows are loaded there)."""
+        weight = self.embed.weight
+        terms = self.tokenizer.terms
+        if weight.is_meta or not terms:
+            return
+        spelled = [term.encode("utf-8") for term in terms]
+        index = torch.zeros(len(terms), max(len(b) for b in spelled), dtype=torch.long, device=weight.device)
+        counts = torch.zeros(len(terms), 1, dtype=weight.dtype, device=weight.device)
+        for row, b in enumerate(spelled):
+            index[row, : len(b)] = torch.tensor([BYTE_OFFSET + x for x in b], dtype=torch.long)
+            counts[row] = len(b)
+        byte_rows = weight[BYTE_OFFSET:TERM_OFFSET]
+        present = (torch.arange(index.shape[1], device=weight.device)[None, :] < counts).to(weight.dtype)
+        means = (weight[index] * present[..., None]).sum(dim=1) / counts
+        if mode == "mean_rescaled":
+            means = means * (byte_rows.norm(dim=1).mean() / means.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        elif mode != "mean":
+            raise ValueError(f"init_term_embeddings: mode is mean or mean_rescaled, got {mode!r}")
+        weight[TERM_OFFSET : TERM_OFFSET + len(terms)] = means
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tokenizer(texts)

@@ -157,6 +157,8 @@ def run_curriculum(cfg: Config, opts: RunOptions, callbacks: Sequence[Any] = ())
     uri = run_uri(opts)
     cfg, plan = plan_workers(cfg, opts.workers)
     check_config(cfg, opts, plan)
+    from aiprod.data.caption_lengths import report_truncation
+    report_truncation(opts.data, cfg.model.text)  # "captions: en 0.0% truncated at max_length 64, ..."
     end = len(cfg.curriculum.phases) - 1 if opts.end_phase is None else opts.end_phase
     latents = given_cache(cfg, opts, uri, end)
     exists = run_exists(uri)
