@@ -49,8 +49,9 @@ def time_step(model: HybridBackbone, inputs: tuple, dtype: torch.dtype | None, r
     return statistics.median(times)
 
 
-def time_text(cfg, device: torch.device, repeats: int, batch: int = 8) -> dict[str, float]:
-    """Text encoder forward + backward: real caption batches vs the same batch size at max_length."""
+def time_text(cfg, device: torch.device, max_repeats: int = 20, batch: int = 8) -> dict[str, float]:
+    """Text encoder forward + backward: caption batches padded to their longest vs the same batch
+    size at max_length. Repeats fit about 2 s per setting (at least 1 after a warm-up step)."""
     import random
 
     from aiprod.data.caption_lengths import grammar_captions
@@ -63,26 +64,28 @@ def time_text(cfg, device: torch.device, repeats: int, batch: int = 8) -> dict[s
     encoder = MultilingualTextEncoder(cfg.text).to(device).train()
     texts = [t for _, t in grammar_captions(seeds=40)]
     random.Random(0).shuffle(texts)
-    batches = [encoder.tokenize(texts[i : i + batch]) for i in range(0, batch * 4, batch)]
+    batches = [encoder.tokenize(texts[i : i + batch]) for i in range(0, len(texts) - batch + 1, batch)]
+    tokens = statistics.mean(ids.shape[1] for ids, _ in batches)
+    timed = sorted(batches, key=lambda b: abs(b[0].shape[1] - tokens))[:2]  # two batches of typical length
     full = torch.full((batch, cfg.text.max_length), 3 + ord("a"), dtype=torch.long)
+
+    def one(ids: torch.Tensor, mask: torch.Tensor) -> float:
+        encoder.zero_grad(set_to_none=True)
+        _sync(device)
+        start = time.perf_counter()
+        encoder(ids, mask).square().mean().backward()
+        _sync(device)
+        return time.perf_counter() - start
 
     def step(ids: torch.Tensor, mask: torch.Tensor) -> float:
         ids, mask = ids.to(device), mask.to(device)
-        times = []
-        for i in range(repeats + 1):
-            encoder.zero_grad(set_to_none=True)
-            _sync(device)
-            start = time.perf_counter()
-            encoder(ids, mask).square().mean().backward()
-            _sync(device)
-            if i:
-                times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        warm = one(ids, mask)
+        repeats = max(1, min(max_repeats, int(2.0 / max(warm, 1e-6))))
+        return statistics.median(one(ids, mask) for _ in range(repeats))
 
-    new = statistics.mean(step(ids, mask) for ids, mask in batches)
+    new = statistics.mean(step(ids, mask) for ids, mask in timed)
     old = step(full, full != 0)
     torch.set_num_threads(threads)
-    tokens = statistics.mean(ids.shape[1] for ids, _ in batches)
     print(f"text encoder ({cfg.text.width}x{cfg.text.depth}) batch {batch}: captions pad to {tokens:.1f} tokens "
           f"{new * 1e3:.1f} ms, at max_length {cfg.text.max_length}: {old * 1e3:.1f} ms")
     return {"text_tokens_mean": tokens, "text_max_length": cfg.text.max_length, "text_new_s": new,
@@ -102,7 +105,7 @@ def main() -> None:
 
     cfg = load_config(args.preset).model
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    text = time_text(cfg, device, max(args.repeats, 5))
+    text = time_text(cfg, device)
     if args.text_only:
         print(json.dumps({"bench": "models", "device": str(device), "preset": args.preset,
                           **{k: round(v, 4) for k, v in text.items()}}))
