@@ -11,8 +11,13 @@
    few of the run's checkpoints (accuracy against training minutes) and for the final model, whose
    full report (VAE PSNR on held-out clips of levels 1-5 included) goes to OUT/report.
 
+4. The emergency fast path on the same prompts (its direction from each prompt's words), its first
+   frame from a whole clip (the default) and from a one-frame clip (`emergency_image_*`), and the
+   seconds per clip of both modes at the steps Serve runs them with.
+
 Prints a table with the chance level of each attribute beside it, writes OUT/quality.png and, last,
-one JSON line (vae_psnr, alignment_*, per-language accuracies, chance, train_minutes, checkpoint, data).
+one JSON line (vae_psnr, alignment_*, per-language accuracies, emergency_alignment_*,
+emergency_seconds, standard_seconds, chance, train_minutes, checkpoint, data).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ ATTRIBUTES = ("colour", "direction", "count")
 # Level-1 prompts: 7 palette colours, 4 directions; a count guessed among 1-4 objects.
 CHANCE = {"colour": 1 / 7, "direction": 1 / 4, "count": 1 / 4}
 GOAL = {"colour": 0.9, "direction": 0.8, "vae_psnr": 28.0, "minutes": 30.0}
+EMERGENCY_GOAL = {"colour": 0.8, "direction": 0.75, "time_ratio": 1 / 3}  # per language; time per clip vs standard
 LEVEL_MIX = (1, 1, 1, 1, 2, 3, 4, 5)  # mostly level 1 (the judged prompts), every level for the VAE
 RUN_NAME = "quality"
 ENCODE_RESERVE_MIN = 1.0  # the latent cache's encode of ~1,800 level-1 clips: ~0.5 min on 2 cores
@@ -139,6 +145,58 @@ def judge(uri: str, cfg: Config, scenes: int) -> dict:
     return judging.alignment([(s["scores"], s["language"]) for s in samples])
 
 
+class ModeTimer:
+    """`pipe` in one mode at that mode's own steps (standard: diffusion.sample_steps, emergency:
+    diffusion.emergency.steps, as Serve runs them)."""
+
+    def __init__(self, pipe, mode: str):
+        self.pipe, self.mode = pipe, mode
+
+    def generate(self, prompt: str, language: str, **kwargs) -> object:
+        kwargs.pop("steps", None)
+        return self.pipe.generate(prompt, language, mode=self.mode, **kwargs)
+
+
+def time_modes(pipe, prompts: list[str], spec) -> dict:
+    """Median seconds per clip of each mode at its served steps, the modes interleaved prompt by prompt
+    (the machine may be shared), after one warm-up clip each."""
+    import statistics
+
+    seconds: dict[str, list[float]] = {"standard": [], "emergency": []}
+    for i, prompt in enumerate([prompts[0], *prompts]):
+        for mode in seconds:
+            started = time.perf_counter()
+            pipe.generate(prompt, "en", seconds=spec.frames / spec.fps, fps=spec.fps, height=spec.height,
+                          width=spec.width, seed=i, mode=mode)
+            if i:
+                seconds[mode].append(time.perf_counter() - started)
+    return {f"{mode}_seconds": round(statistics.median(values), 4) for mode, values in seconds.items()}
+
+
+def judge_modes(uri: str, scenes: int) -> dict:
+    """The fast path judged on the same held-out level-1 prompts as the standard one, its first frame
+    from a whole clip (the default) and from a one-frame clip; both modes timed per clip."""
+    from aiprod.diffusion.pipeline import VideoPipeline
+    from aiprod.eval import judge as judging
+    from aiprod.eval.measure import generate_and_judge
+    from aiprod.eval.scenes import build_cases
+    from aiprod.eval.settings import clip_spec, eval_languages
+
+    pipe = VideoPipeline.from_checkpoint(uri)
+    base = pipe.cfg.with_overrides([f"eval.num_samples={scenes}", "eval.levels=[1]", "eval.seeds=[0]"])
+    spec = clip_spec(base)
+    cases = build_cases(base, spec)
+    out: dict = {}
+    for first in ("clip", "image"):
+        pipe.cfg = base.with_overrides([f"diffusion.emergency.first_frame={first}"])
+        samples, _ = generate_and_judge(ModeTimer(pipe, "emergency"), pipe.cfg, cases, spec, eval_languages(base),
+                                        f"emergency, first frame: {first}")
+        out[first] = _accuracies(judging.alignment([(s["scores"], s["language"]) for s in samples]))
+    pipe.cfg = base
+    out.update(time_modes(pipe, [c.meta["captions"]["en"] for c in cases[:12]], spec))
+    return out
+
+
 def plot(curve: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -192,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "eval.heldout_clips=40"])
     final_point = {"minutes": round(train_minutes, 2), "checkpoint": final,
                    **_accuracies(report["alignment"])}
+    modes = judge_modes(final, args.scenes)
+    fast = modes["clip"]
     curve.append(final_point)
     plot(curve, out / "quality.png")
 
@@ -203,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         "chance": CHANCE,
         "goal": GOAL,
         "goal_met": _goal_met(final_point, report["metrics"]["psnr"], train_minutes),
+        **{f"emergency_alignment_{a}": fast[a] for a in ATTRIBUTES},
+        "emergency_per_language": fast["per_language"],
+        **{f"emergency_image_alignment_{a}": modes["image"][a] for a in ATTRIBUTES},
+        "emergency_seconds": modes["emergency_seconds"],
+        "standard_seconds": modes["standard_seconds"],
+        "emergency_goal": EMERGENCY_GOAL,
+        "emergency_goal_met": _emergency_goal_met(fast, modes),
         "train_minutes": round(train_minutes, 2),
         "curve": [{k: v for k, v in c.items() if k != "checkpoint"} for c in curve],
         "gates": report["gates"],
@@ -228,6 +295,12 @@ def _goal_met(final: dict, psnr: float | None, minutes: float) -> bool:
             and all(r["colour"] >= GOAL["colour"] and r["direction"] >= GOAL["direction"] for r in languages))
 
 
+def _emergency_goal_met(fast: dict, modes: dict) -> bool:
+    quick = modes["emergency_seconds"] <= EMERGENCY_GOAL["time_ratio"] * modes["standard_seconds"]
+    return quick and all(r["colour"] >= EMERGENCY_GOAL["colour"] and r["direction"] >= EMERGENCY_GOAL["direction"]
+                         for r in fast["per_language"].values())
+
+
 def print_table(result: dict) -> None:
     languages = sorted(result["per_language"])
     print(f"\nquality after {result['train_minutes']:.1f} training minutes (held-out level-1 prompts)")
@@ -236,6 +309,13 @@ def print_table(result: dict) -> None:
         row = f"{a:<11}{result[f'alignment_{a}']:>7.2f}"
         row += "".join(f"{result['per_language'][lang][a]:>7.2f}" for lang in languages)
         print(row + f"{CHANCE[a]:>8.2f}" + (f"{GOAL[a]:>7.2f}" if a in GOAL else f"{'':>7}"))
+    row = f"{'emergency':<11}" + "  ".join(f"{a} {result[f'emergency_alignment_{a}']:.2f}" for a in ATTRIBUTES)
+    print(row + "  (" + ", ".join(f"{lang} {r['colour']:.2f}/{r['direction']:.2f}"
+                                  for lang, r in sorted(result["emergency_per_language"].items())) + " colour/direction)")
+    ratio = result["emergency_seconds"] / max(result["standard_seconds"], 1e-9)
+    print(f"seconds per clip: emergency {result['emergency_seconds']:.3f}, standard {result['standard_seconds']:.3f} "
+          f"(ratio {ratio:.2f}, goal <= {EMERGENCY_GOAL['time_ratio']:.2f}); emergency goal "
+          f"{'met' if result['emergency_goal_met'] else 'NOT met'}")
     psnr = result["vae_psnr"]
     print(f"VAE PSNR (held-out, levels 1-5): {psnr:.2f} dB (goal {GOAL['vae_psnr']:.0f})" if psnr is not None
           else "VAE PSNR: not measured")

@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="sampler steps (default: diffusion.sample_steps / emergency.steps)")
     p.add_argument("--guidance", type=float, help="CFG scale (default: diffusion.guidance / emergency.guidance)")
     p.add_argument("--mode", choices=MODES, default="standard")
+    p.add_argument("--motion", help="emergency mode's camera: right, left, up, down, towards, away or still "
+                   "(optionally :FACTOR, e.g. left:2); default: read from the prompt, else still")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     return p.parse_args(argv)
 
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe = VideoPipeline.from_checkpoint(args.checkpoint, device=args.device)
         frames = pipe.generate(
             args.prompt, args.language, args.seconds, args.fps, args.height, args.width, args.seed,
-            steps=args.steps, guidance=args.guidance, mode=args.mode,
+            steps=args.steps, guidance=args.guidance, mode=args.mode, motion=args.motion,
         )
     except (CheckpointError, ValueError) as exc:
         print(f"sample: {exc}", file=sys.stderr)
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "out": args.out, "frames": int(frames.shape[0]), "height": int(frames.shape[1]),
         "width": int(frames.shape[2]), "fps": args.fps, "mode": args.mode, "version": pipe.version,
+        **({"motion": str(pipe.motion_for(args.prompt, args.motion))} if args.mode == "emergency" else {}),
         "seconds_taken": round(time.monotonic() - started, 2),
     }))
     return 0

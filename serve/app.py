@@ -155,7 +155,7 @@ class Ingress:
     async def _alert(self, body: EmergencyRequest, request: Request, started: float) -> Response:
         deadline_s = body.deadline_s or self.cfg.serve.emergency_deadline_s
         alert = AlertRequest(body.emergency_type, body.language, body.variation, body.headline,
-                             body.instructions, body.region)
+                             body.instructions, body.region, body.motion)
         # The generator must answer `reserve` before the deadline, leaving time to render here.
         budget = deadline_s - self.cfg.serve.emergency_reserve_s
         reason = "deadline_too_short"
@@ -188,6 +188,8 @@ class Ingress:
             headers["X-AB-Arm"] = result.arm
         if result.reason:
             headers["X-Fallback-Reason"] = _ascii(result.reason)
+        if result.motion:
+            headers["X-Motion"] = result.motion
         if result.notes:
             headers["X-Template-Note"] = _ascii("; ".join(result.notes))
         return Response(result.mp4, media_type="video/mp4", headers=headers)

@@ -119,3 +119,28 @@ def test_shards_record_caption_token_lengths(tmp_path, capsys):
         del record["caption_tokens"]
     (out / shards.INDEX).write_text(json.dumps(index))
     assert "predates" in cl.report_truncation(str(out), text)
+
+
+def test_weights_remember_their_term_list_and_old_weights_load_with_theirs(tmp_path):
+    from aiprod import model_dir
+    from aiprod.diffusion.pipeline import VideoPipeline
+    from aiprod.model_dir import CheckpointError
+    from aiprod.models.text import TERMS_KEY, TERMS_V1, load_terms
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    state = build_model(cfg.model).state_dict()
+    assert TERMS_KEY in state
+    # weights saved before the list was recorded were trained with the list of then: they load with it
+    model_dir.save(tmp_path / "old", {k: v for k, v in state.items() if k != TERMS_KEY}, cfg)
+    old = VideoPipeline.from_checkpoint(tmp_path / "old")
+    assert old.model.text.tokenizer.terms == load_terms(str(TERMS_V1), cfg.model.text.num_terms)
+    assert old.model.text.tokenizer.terms != build_model(cfg.model).text.tokenizer.terms
+    # weights of one list are refused by a tokenizer of another, naming both
+    other = cfg.with_overrides([f"model.text.terms_file={TERMS_V1}"])
+    model_dir.save(tmp_path / "mismatch", state, other)
+    with pytest.raises(CheckpointError, match="another term list"):
+        VideoPipeline.from_checkpoint(tmp_path / "mismatch")
+    model_dir.save(tmp_path / "same", state, cfg)
+    assert VideoPipeline.from_checkpoint(tmp_path / "same").model.text.tokenizer.terms[0] == \
+        build_model(cfg.model).text.tokenizer.terms[0]

@@ -19,7 +19,8 @@ from aiprod.diffusion import (
     emergency_sample,
     sample,
 )
-from aiprod.diffusion.sampler import guided_prediction, translate, warp_first_frame
+from aiprod.diffusion.motion import Motion, motion_from_text, parse_motion, warp_frames
+from aiprod.diffusion.sampler import guided_prediction
 from aiprod.models import VideoModel, build_model
 
 
@@ -188,55 +189,119 @@ def test_ddim_with_exact_model_recovers_x0():
 # ----------------------------------------------------------------------------- emergency
 
 
-def test_translate_and_warp():
-    x = torch.arange(2 * 3 * 1 * 5 * 6, dtype=torch.float32).view(2, 3, 1, 5, 6)
-    clip = warp_first_frame(x, frames=4, motion=[2.0, -1.0])
-    assert clip.shape == (2, 3, 4, 5, 6)
-    for k in range(4):
-        assert torch.equal(clip[:, :, k : k + 1], torch.roll(x, shifts=(-k, 2 * k), dims=(-2, -1)))
-    # A fractional shift interpolates the two neighbouring whole shifts; shifting back undoes it.
-    half = translate(x, 0.5, 0.0)
-    torch.testing.assert_close(half, 0.5 * (x + torch.roll(x, 1, dims=-1)))
-    torch.testing.assert_close(translate(translate(x, 3.0, 2.0), -3.0, -2.0), x)
-    with pytest.raises(ValueError, match="motion"):
-        warp_first_frame(x, 3, [1.0])
+def _blob(height: int = 32, width: int = 32) -> torch.Tensor:
+    image = torch.full((1, 3, 1, height, width), -1.0)
+    image[:, :, :, 12:20, 12:20] = 1.0
+    return image
 
 
-def test_emergency_frames_are_the_warped_first_frame(model):
-    cfg = _config("diffusion.emergency.renoise=0", "diffusion.emergency.motion=[2, 1]").diffusion
+def _centre(frame: torch.Tensor) -> tuple[float, float, float]:
+    """(x, y, area) of the bright pixels of a [3, H, W] frame."""
+    ys, xs = torch.nonzero(frame[0] > 0, as_tuple=True)
+    return float(xs.float().mean()), float(ys.float().mean()), float(len(xs))
+
+
+@pytest.mark.parametrize("direction, sign", [("right", (1, 0)), ("left", (-1, 0)), ("down", (0, 1)), ("up", (0, -1))])
+def test_warped_frames_move_the_content_the_named_way(direction, sign):
+    clip = warp_frames(_blob(), frames=9, motion=Motion(direction), fps=8.0, speed=0.25)
+    assert clip.shape == (1, 3, 9, 32, 32)
+    track = [_centre(clip[0, :, k]) for k in range(9)]
+    dx, dy = track[-1][0] - track[0][0], track[-1][1] - track[0][1]
+    # a quarter frame width per second: 8 frames at 8 fps move the blob by 8 px
+    assert (dx, dy) == pytest.approx((8 * sign[0], 8 * sign[1]), abs=0.5)
+
+
+def test_a_still_camera_repeats_the_frame_and_towards_grows_it():
+    still = warp_frames(_blob(), 5, Motion(), 8.0, 1.0)
+    assert all(torch.equal(still[:, :, k], still[:, :, 0]) for k in range(5))
+    towards = warp_frames(_blob(), 5, Motion("towards"), 8.0, 1.0)
+    areas = [_centre(towards[0, :, k])[2] for k in range(5)]
+    assert areas == sorted(areas) and areas[-1] > 1.5 * areas[0]
+
+
+def test_the_motion_is_read_from_the_prompt_in_every_language():
+    from aiprod.data.captions import LANGUAGES, caption
+
+    for direction in ("left", "right", "up", "down"):
+        truth = {"objects": [{"colour": "red", "shape": "circle", "size": "medium", "direction": direction,
+                              "spinning": False, "accelerating": False, "fast": False}], "scene": []}
+        for language in LANGUAGES:
+            text = caption(truth, language)
+            assert motion_from_text(text).direction == direction, (language, text)
+    assert motion_from_text("a red circle speeding up and moving left").direction == "left"
+    assert motion_from_text("flood warning for the coastal district") == Motion()  # still camera
+    assert motion_from_text("water moving left very fast").factor == 2.0
+    assert parse_motion("down:2") == Motion("down", 2.0)
+    with pytest.raises(ValueError, match="sideways"):
+        parse_motion("sideways")
+
+
+class IdentityCodec:
+    """Latents are their own 'pixels' (no compression), so the fast path's moves can be checked exactly."""
+
+    decode = staticmethod(lambda z: z)
+    encode = staticmethod(lambda video: video)
+
+
+def test_emergency_frames_are_the_moved_first_frame(model):
+    cfg = _config("diffusion.emergency.renoise=0", "diffusion.emergency.speed=2",
+                  "diffusion.emergency.first_frame=image").diffusion
     sched = NoiseSchedule(cfg)
     cond, uncond = _text(model, ["cyclone alert"]), _text(model, [""])
     denoise = CountingDenoiser(model.denoiser)
     with torch.no_grad():
-        z = emergency_sample(denoise, sched, (1, 4, 3, 8, 8), cond, uncond, cfg, torch.Generator().manual_seed(0))
+        z = emergency_sample(denoise, sched, (1, 4, 3, 8, 8), cond, uncond, cfg, IdentityCodec(), frames=3, fps=8.0,
+                             motion=Motion("left"), generator=torch.Generator().manual_seed(0))
     assert z.shape == (1, 4, 3, 8, 8)
-    for k in range(3):
-        assert torch.equal(z[:, :, k], torch.roll(z[:, :, 0], shifts=(k, 2 * k), dims=(-2, -1)))
-    # Only the first frame was sampled: emergency.steps guided calls on one latent frame.
+    torch.testing.assert_close(z, warp_frames(z[:, :, :1], 3, Motion("left"), 8.0, 2.0))
+    assert not torch.equal(z[:, :, 1], z[:, :, 0])
+    # first_frame 'image': emergency.steps guided calls on one latent frame, and nothing more
     assert denoise.calls == [(2, False)] * cfg.emergency.steps
 
 
+def test_the_first_frame_of_a_whole_clip_is_the_default_start(model):
+    cfg = _config("diffusion.emergency.renoise=0").diffusion
+    assert cfg.emergency.first_frame == "clip"
+    sched = NoiseSchedule(cfg)
+    cond, uncond = _text(model, ["cyclone alert"]), _text(model, [""])
+    seen = []
+
+    def denoise(x, t, text, mask, cross_frame=False):
+        seen.append(x.shape[2])
+        return model.denoiser(x, t, text, mask, cross_frame=cross_frame)
+
+    with torch.no_grad():
+        emergency_sample(denoise, sched, (1, 4, 3, 8, 8), cond, uncond, cfg, IdentityCodec(), frames=3, fps=8.0)
+    assert seen == [3] * cfg.emergency.steps  # whole clips, the shape the denoiser trains on
+
+
 def test_emergency_renoise_refines_all_frames_with_cross_frame_attention(model):
-    cfg = _config("diffusion.emergency.renoise=0.2", "diffusion.emergency.motion=[1, 0]").diffusion
+    cfg = _config("diffusion.emergency.renoise=0.2", "diffusion.emergency.speed=2",
+                  "diffusion.emergency.first_frame=image").diffusion
     sched = NoiseSchedule(cfg)
     cond, uncond = _text(model, ["cyclone alert"]), _text(model, [""])
     denoise = CountingDenoiser(model.denoiser)
     shape = (1, 4, 5, 8, 8)
+
+    def run(fn):
+        return emergency_sample(fn, sched, shape, cond, uncond, cfg, IdentityCodec(), frames=5, fps=8.0,
+                                motion=Motion("right"), generator=torch.Generator().manual_seed(0))
+
     with torch.no_grad():
-        z = emergency_sample(denoise, sched, shape, cond, uncond, cfg, torch.Generator().manual_seed(0))
-        again = emergency_sample(model.denoiser, sched, shape, cond, uncond, cfg, torch.Generator().manual_seed(0))
+        z, again = run(denoise), run(model.denoiser)
     steps = cfg.emergency.steps
     assert z.shape == shape and torch.equal(z, again)
     assert denoise.calls == [(2, False)] * steps + [(2, True)] * steps
-    # Light re-noising keeps each frame close to the warped first frame, not to the unwarped one.
+    # Light re-noising keeps each frame close to the moved first frame, not to the unmoved one.
     def corr(a, b):
         a, b = a.flatten() - a.mean(), b.flatten() - b.mean()
         return float((a @ b) / (a.norm() * b.norm()))
 
-    for k in range(1, 5):
-        warped = torch.roll(z[:, :, 0], shifts=k, dims=-1)
-        assert corr(z[:, :, k], warped) > 0.8
-        assert corr(z[:, :, k], warped) > corr(z[:, :, k], z[:, :, 0]) + 0.3
+    moved = warp_frames(z[:, :, :1], 5, Motion("right"), 8.0, 2.0)
+    for k in range(2, 5):
+        assert corr(z[:, :, k], moved[:, :, k]) > 0.8
+        assert corr(z[:, :, k], moved[:, :, k]) > corr(z[:, :, k], z[:, :, 0]) + 0.1
+
 
 
 # ---------------------------------------------------------------------------------- loss

@@ -179,3 +179,44 @@ def test_a_short_curriculum_run_beats_chance_on_colour(ray_cluster, tmp_path):
     accuracy = judge.alignment([(s["scores"], s["language"]) for s in samples])["per_attribute"]
     print(f"after {summary['time_s']:.0f}s of training: {accuracy}")
     assert accuracy["colour"] >= 0.25  # chance is 1/7
+    check_the_fast_path_follows_the_alert(pipe, samples)
+
+
+def global_shift(video) -> tuple[float, float]:
+    """(dx, dy) in pixels from the first to the last frame: the peak of their phase correlation."""
+    first, last = (np.fft.fft2(video[k].astype(np.float64).mean(-1)) for k in (0, -1))
+    cross = last * np.conj(first)
+    surface = np.fft.ifft2(cross / np.maximum(np.abs(cross), 1e-9)).real
+    dy, dx = np.unravel_index(int(surface.argmax()), surface.shape)
+    h, w = surface.shape
+    return float(dx - w if dx > w // 2 else dx), float(dy - h if dy > h // 2 else dy)
+
+
+def check_the_fast_path_follows_the_alert(pipe, samples) -> None:
+    """On the trained model: "moving left" (and its Hindi twin) moves the emergency clip left, "moving
+    right" right, and the fast path's latents have the standard path's statistics."""
+
+    from aiprod.data.captions import caption
+
+    def truth(direction: str) -> dict:
+        return {"objects": [{"colour": "red", "shape": "circle", "size": "large", "direction": direction,
+                             "spinning": False, "accelerating": False, "fast": False}], "scene": []}
+
+    for direction, sign in (("left", -1), ("right", 1)):
+        for language in ("en", "hi"):
+            prompt = caption(truth(direction), language)
+            video = pipe.generate(prompt, language, seconds=1.0, fps=8, height=32, width=32, seed=3, mode="emergency")
+            dx, dy = global_shift(video)
+            print(f"emergency {language} {prompt!r}: shift ({dx:+.0f}, {dy:+.0f}) px")
+            assert sign * dx >= 2 and abs(dy) <= 1, (prompt, dx, dy)
+
+    prompts = [s["prompt"] for s in samples[:8]]
+    stats = {}
+    for mode in ("standard", "emergency"):
+        videos = [pipe.generate(p, "en", seconds=1.0, fps=8, height=32, width=32, seed=0, mode=mode) for p in prompts]
+        pixels = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1)
+        z = encode_latents(pipe.model.vae, pixels)
+        stats[mode] = (z.mean().item(), z.std().item())
+    print(f"latent mean/std: {stats}")
+    (mean_s, std_s), (mean_e, std_e) = stats["standard"], stats["emergency"]
+    assert abs(mean_e - mean_s) < 0.25 and 0.7 < std_e / std_s < 1.4

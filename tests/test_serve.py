@@ -69,9 +69,18 @@ def test_emergency_answers_within_deadline(served, language, region):
     assert elapsed <= float(r.headers["x-deadline-seconds"]) == TINY.serve.emergency_deadline_s
     assert r.headers["x-generation-mode"] == "emergency"  # healthy model: the fast model path
     assert r.headers["x-model-version"] == V1
+    assert r.headers["x-motion"] == "still"  # nothing in the words names a direction
     assert "x-template-note" not in r.headers
     codec, fps, frames = decode(r.content)
     assert codec == "h264" and len(frames) / fps >= 5.0
+
+
+def test_the_emergency_camera_follows_the_request_or_the_headline(served):
+    explicit = served.emergency(emergency_type="cyclone", motion="left:2", deadline_s=TINY.serve.emergency_deadline_s)
+    assert explicit.status_code == 200 and explicit.headers["x-generation-mode"] == "emergency"
+    assert explicit.headers["x-motion"] == "left:2"
+    worded = served.emergency(emergency_type="flood", language="hi", headline="पानी बाईं ओर बढ़ रहा है")
+    assert worded.status_code == 200 and worded.headers["x-motion"] == "left"
 
 
 def test_passed_deadline_on_standard_path_is_504(served):
@@ -101,6 +110,7 @@ EMERGENCY_422 = [
     ({"emergency_type": "flood", "region": "x" * (TINY.serve.max_region_chars + 1)}, "region"),
     ({"emergency_type": "flood", "deadline_s": TINY.serve.emergency_deadline_s + 1}, "deadline_s"),
     ({"language": "en"}, "emergency_type"),
+    ({"emergency_type": "flood", "motion": "sideways"}, "motion"),
 ]
 
 

@@ -2,7 +2,9 @@
 
 Frozen VAE encode -> normalised latents (aiprod.diffusion.latents) -> decomposed noise at a uniform timestep -> MSE between the
 denoiser's output and the schedule's target (v or eps). Captions are dropped with probability
-`diffusion.caption_dropout` so the unconditional branch that CFG needs is learnt too.
+`diffusion.caption_dropout` so the unconditional branch that CFG needs is learnt too, and a share
+`diffusion.image_fraction` of batches trains on the clips' first latent frame alone (joint image +
+video training, as Open-Sora does): the emergency path samples such a one-frame clip first.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ def drop_captions(captions: list[str], p: float, generator: torch.Generator | No
     device = generator.device if generator is not None else None
     drop = torch.rand(len(captions), generator=generator, device=device)
     return ["" if d else c for c, d in zip(captions, (drop < p).tolist())]
+
+
+def image_batch(fraction: float, generator: torch.Generator | None = None) -> bool:
+    """Whether this batch trains on first frames alone (probability `diffusion.image_fraction`;
+    no random draw at 0, so a run without it keeps its random stream)."""
+    if fraction <= 0:
+        return False
+    device = generator.device if generator is not None else None
+    return bool(torch.rand(1, generator=generator, device=device).item() < fraction)
 
 
 def diffusion_loss(model: VideoModel, video: torch.Tensor, captions: list[str], schedule: NoiseSchedule,
@@ -57,6 +68,8 @@ def latent_diffusion_loss(
     noise levels); by default both are sampled."""
     if len(captions) != latents.shape[0]:
         raise ValueError(f"diffusion_loss: {len(captions)} captions for a batch of {latents.shape[0]} clips")
+    if noise is None and image_batch(cfg.image_fraction, generator):
+        latents = latents[:, :, :1]  # the first frame alone: a one-frame clip, as the emergency path samples
     batch, device = latents.shape[0], latents.device
     text, mask = model.text.encode(drop_captions(captions, cfg.caption_dropout, generator), device)
     if noise is None:

@@ -10,6 +10,7 @@ Weights load from and save to a model directory (aiprod.model_dir: its files, sa
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -21,11 +22,13 @@ import torch
 
 from aiprod import model_dir
 from aiprod.config import Config
-from aiprod.diffusion.latents import STAT_KEYS, decode_latents, missing_stats_message
-from aiprod.diffusion.sampler import StepHook, TextCondition, emergency_sample, sample
+from aiprod.diffusion.latents import STAT_KEYS, decode_latents, encode_latents, missing_stats_message
+from aiprod.diffusion.motion import Motion, motion_from_text, parse_motion
+from aiprod.diffusion.sampler import PixelCodec, StepHook, TextCondition, emergency_sample, sample
 from aiprod.diffusion.schedule import NoiseSchedule
 from aiprod.model_dir import DEFAULT_VERSION, WEIGHTS, CheckpointError
 from aiprod.models import VideoModel, build_model
+from aiprod.models.text import TERMS_KEY, terms_fingerprint, terms_mismatch, with_saved_terms
 
 MODES = ("standard", "emergency")
 class GenerationAbandoned(RuntimeError):
@@ -75,8 +78,13 @@ class VideoPipeline:
         cfg, state, version = model_dir.load(uri, check=verify)
         if not set(STAT_KEYS) <= set(state):
             raise CheckpointError(f"checkpoint {uri}: " + missing_stats_message(WEIGHTS))
+        cfg.model.text = with_saved_terms(cfg.model.text, state)
         with torch.device("meta"):
             model = build_model(cfg.model)
+        problem = terms_mismatch(state, model.text.tokenizer.terms)
+        if problem:
+            raise CheckpointError(f"checkpoint {uri}: {problem}")
+        state = {TERMS_KEY: terms_fingerprint(model.text.tokenizer.terms), **state}
         try:
             model.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
@@ -146,13 +154,16 @@ class VideoPipeline:
         mode: str = "standard",
         deadline: float | None = None,
         on_step: StepHook | None = None,
+        motion: str | Motion | None = None,
     ) -> np.ndarray:
         """uint8 frames [T, H, W, 3]. The byte-level text encoder reads any script, so `language`
         is checked but not fed to the model (training captions carry no language tag).
         `steps` / `guidance` default to diffusion.* or diffusion.emergency.* for the mode.
         `deadline` (time.time()) is checked before every sampler step and before decoding: past it,
         GenerationAbandoned is raised. `on_step(i, n)` runs before every step (progress, timing).
-        A clip with non-finite values raises NonFiniteOutput instead of being returned."""
+        A clip with non-finite values raises NonFiniteOutput instead of being returned.
+        Emergency mode moves the camera as `motion` says ("left", "down:2", a Motion), else as the
+        prompt says (aiprod.diffusion.motion.motion_from_text), else not at all."""
         self._check_request(prompt, language, seconds, fps, height, width, seed, steps, guidance, mode)
         diffusion = self.cfg.diffusion
         if guidance is None:
@@ -160,7 +171,10 @@ class VideoPipeline:
         frames = self.num_frames(seconds, fps)
         shape = (1, *self.model.vae.latent_shape(frames, height, width))
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        sampler = emergency_sample if mode == "emergency" else sample
+        sampler = sample
+        if mode == "emergency":
+            sampler = functools.partial(emergency_sample, codec=self._codec(height, width), frames=frames, fps=fps,
+                                        motion=self.motion_for(prompt, motion))
         autocast = (
             torch.autocast(self.device.type, dtype=self.autocast_dtype)
             if self.autocast_dtype is not None
@@ -178,18 +192,31 @@ class VideoPipeline:
 
         with autocast:
             cond, uncond = self.encode_text(prompt, guidance)
-            latents = sampler(
-                self.model.denoiser, self.schedule, shape, cond, uncond, diffusion, generator,
+            out = sampler(
+                self.model.denoiser, self.schedule, shape, cond, uncond, diffusion, generator=generator,
                 steps=steps, guidance=guidance, device=self.device, on_step=step_hook,
             )
             if deadline is not None and time.time() > deadline:
                 raise GenerationAbandoned(done, done, time.time() - deadline)
-            video = decode_latents(self.model.vae, latents, size=(height, width))
+            # the fast path decodes by itself (its pixels); the standard path gives latents
+            video = out if mode == "emergency" else decode_latents(self.model.vae, out, size=(height, width))
         if not torch.isfinite(video).all():
             bad = int((~torch.isfinite(video)).sum())
             raise NonFiniteOutput(f"model {self.version} produced {bad} non-finite values of {video.numel()} "
                                   f"(NaN or infinity); the clip is not encoded")
         return to_uint8_frames(video[0])
+
+    @staticmethod
+    def motion_for(prompt: str, motion: str | Motion | None = None) -> Motion:
+        """The emergency path's camera motion: the explicit one, else the prompt's, else still."""
+        if isinstance(motion, Motion):
+            return motion
+        return parse_motion(motion) if motion else motion_from_text(prompt)
+
+    def _codec(self, height: int, width: int) -> PixelCodec:
+        vae = self.model.vae
+        return PixelCodec(decode=lambda z: decode_latents(vae, z, size=(height, width)),
+                          encode=lambda video: encode_latents(vae, video.float(), "mean"))
 
     @staticmethod
     def write_mp4(frames: np.ndarray, path: str | os.PathLike | BinaryIO, fps: float) -> None:

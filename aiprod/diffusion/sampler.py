@@ -4,14 +4,15 @@ A `denoise` function has the HybridBackbone signature
 `denoise(x [B,C,t,h,w], timesteps [B] float, text [B,L,D], text_mask [B,L], cross_frame=False)`
 and returns the model output (v or eps, as the schedule says); pass `model.denoiser` itself.
 
-Emergency path (Text2Video-Zero style): sample the first latent frame alone in a few steps, build
-every frame from it by a global translation (frame k moves k·(dx, dy) latent pixels), re-noise the
-warped clip lightly and denoise it with cross-frame attention to frame 1. Same weights throughout.
+Emergency path (Text2Video-Zero style): sample the first frame alone in a few steps (the denoiser
+phases train on one-frame clips too), move it in pixels as the request says (aiprod.diffusion.motion:
+a direction from the prompt or the request's `motion`, else a still camera), encode the moved clip
+with the VAE, re-noise it lightly and denoise it with cross-frame attention to frame 1. Same weights
+throughout.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from aiprod.config import DiffusionConfig
+from aiprod.diffusion.motion import Motion, warp_frames
 from aiprod.diffusion.noise import decomposed_noise
 from aiprod.diffusion.schedule import NoiseSchedule
 
@@ -140,26 +142,12 @@ def sample(
 # ---------------------------------------------------------------------------- emergency
 
 
-def translate(x: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
-    """Shift the last two dims (h, w) by (dy, dx) pixels with wrap-around; a fractional shift
-    blends the two neighbouring whole shifts (bilinear interpolation on a torus)."""
-    out = x
-    for shift, dim in ((dx, -1), (dy, -2)):
-        whole = math.floor(shift)
-        frac = shift - whole
-        rolled = torch.roll(out, shifts=whole, dims=dim)
-        out = rolled if frac == 0 else (1 - frac) * rolled + frac * torch.roll(out, shifts=whole + 1, dims=dim)
-    return out
+@dataclass(frozen=True)
+class PixelCodec:
+    """The VAE as the fast path needs it: latents -> pixels [B,3,T,H,W] and back (normalised latents)."""
 
-
-def warp_first_frame(first: torch.Tensor, frames: int, motion: Sequence[float]) -> torch.Tensor:
-    """[B,C,1,h,w] -> [B,C,frames,h,w]; frame k is the first frame translated by k·(dx, dy)."""
-    if first.ndim != 5 or first.shape[2] != 1:
-        raise ValueError(f"warp_first_frame expects [B, C, 1, h, w], got {tuple(first.shape)}")
-    if len(motion) != 2:
-        raise ValueError(f"diffusion.emergency.motion must be (dx, dy), got {list(motion)}")
-    dx, dy = float(motion[0]), float(motion[1])
-    return torch.cat([translate(first, k * dx, k * dy) for k in range(frames)], dim=2)
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    encode: Callable[[torch.Tensor], torch.Tensor]
 
 
 def emergency_sample(
@@ -169,28 +157,44 @@ def emergency_sample(
     cond: TextCondition,
     uncond: TextCondition | None,
     cfg: DiffusionConfig,
+    codec: PixelCodec,
+    frames: int,
+    fps: float,
+    motion: Motion = Motion(),
     generator: torch.Generator | None = None,
     steps: int | None = None,
     guidance: float | None = None,
     device: torch.device | str | None = None,
     on_step: StepHook | None = None,
 ) -> torch.Tensor:
-    """Latents [B,C,t,h,w] from the fast path (see the module docstring); `steps` model calls on
-    the first frame, then at most `steps` on the whole clip."""
+    """Pixels [B,3,frames,H,W] in [-1, 1] from the fast path, for latents of `shape`:
+
+    1. `steps` model calls for the first frame: with `first_frame: clip` the first frame of a whole
+       clip (the shape every denoiser phase trains on), with `image` a one-frame clip (trained only
+       with diffusion.image_fraction > 0);
+    2. that frame decoded and moved by `motion` in pixels (frame k: k/fps seconds of it);
+    3. with `renoise` > 0, the moved clip encoded (so each latent frame encodes the frames a VAE
+       latent of it would: with a causal VAE latent 0 is one frame, the later ones four), re-noised
+       to `renoise` of the schedule, denoised in at most `steps` calls with cross-frame attention to
+       the first frame and decoded; with `renoise` 0 the moved frames are the clip (no second
+       decode: the fast path's cost is then the first frame's)."""
     fast = cfg.emergency
     steps = fast.steps if steps is None else steps
     guidance = fast.guidance if guidance is None else guidance
-    batch, channels, frames, height, width = (int(n) for n in shape)
-    first_noise = decomposed_noise((batch, channels, 1, height, width), cfg.noise_lambda, generator, device)
-    first = ddim_sample(denoise, schedule, first_noise, cond, uncond, guidance, steps, on_step=on_step)
-    clip = warp_first_frame(first, frames, fast.motion)
-    if frames == 1 or fast.renoise == 0:
-        return clip
+    batch, channels, latent_frames, height, width = (int(n) for n in shape)
+    sampled = 1 if fast.first_frame == "image" else latent_frames
+    first_noise = decomposed_noise((batch, channels, sampled, height, width), cfg.noise_lambda, generator, device)
+    first = ddim_sample(denoise, schedule, first_noise, cond, uncond, guidance, steps, on_step=on_step)[:, :, :1]
+    moved = warp_frames(codec.decode(first), frames, motion, fps, fast.speed)
+    if latent_frames == 1 or fast.renoise == 0:
+        return moved
+    clip = codec.encode(moved).to(first.dtype)
+    if tuple(clip.shape) != (batch, channels, latent_frames, height, width):
+        raise ValueError(f"emergency_sample: the moved clip encodes to {tuple(clip.shape)}, expected {tuple(shape)}")
     start = round(fast.renoise * (schedule.train_timesteps - 1))
-    noise = decomposed_noise(shape, cfg.noise_lambda, generator, device)
+    noise = decomposed_noise(tuple(clip.shape), cfg.noise_lambda, generator, device)
     t = torch.full((batch,), start, dtype=torch.long)
     noisy = schedule.add_noise(clip, noise, t)
-    return ddim_sample(
-        denoise, schedule, noisy, cond, uncond, guidance, steps, start=start,
-        cross_frame=fast.cross_frame_attention, on_step=on_step,
-    )
+    refined = ddim_sample(denoise, schedule, noisy, cond, uncond, guidance, steps, start=start,
+                          cross_frame=fast.cross_frame_attention, on_step=on_step)
+    return codec.decode(refined)

@@ -46,6 +46,7 @@ class AlertRequest:
     headline: str | None = None
     instructions: str | None = None
     region: str = ""
+    motion: str | None = None  # the model path's camera: "left", "down:2", "still"; None = from the words
 
 
 @dataclass

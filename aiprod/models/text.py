@@ -15,6 +15,7 @@ Vocabulary: 0 pad, 1 bos, 2 eos, 3..258 bytes, 259.. terms.
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 from pathlib import Path
 
@@ -29,6 +30,10 @@ PAD, BOS, EOS = 0, 1, 2
 BYTE_OFFSET = 3
 TERM_OFFSET = BYTE_OFFSET + 256
 DEFAULT_TERMS = Path(__file__).with_name("terms.txt")
+# The packaged list before the caption grammar's words became terms (2026-12-03): weights saved
+# without TERMS_KEY were trained with it, and load with it.
+TERMS_V1 = Path(__file__).with_name("terms-v1.txt")
+TERMS_KEY = "text.terms_sha256"  # the sha256 of the term list, saved with the weights
 
 
 def _normalise(text: str) -> str:
@@ -55,6 +60,36 @@ def load_terms(path: str | None, num_terms: int) -> list[str]:
             f"{len(terms)} distinct terms"
         )
     return terms[:num_terms]
+
+
+def terms_fingerprint(terms: list[str]) -> torch.Tensor:
+    """uint8[32]: the sha256 of a term list (one term per line), as saved under TERMS_KEY."""
+    digest = hashlib.sha256("\n".join(terms).encode("utf-8")).digest()
+    return torch.tensor(list(digest), dtype=torch.uint8)
+
+
+def with_saved_terms(cfg: TextConfig, state: dict[str, torch.Tensor]) -> TextConfig:
+    """The text config that reads `state`'s captions as it was trained to: weights saved before the
+    term list was recorded (no TERMS_KEY) were trained with TERMS_V1, the packaged list of then."""
+    if TERMS_KEY in state or cfg.terms_file is not None:
+        return cfg
+    return cfg.model_copy(update={"terms_file": str(TERMS_V1)})
+
+
+def terms_mismatch(state: dict[str, torch.Tensor], terms: list[str]) -> str | None:
+    """Why `state` cannot be read with a tokenizer of `terms`, or None."""
+    saved = state.get(TERMS_KEY)
+    if saved is None:
+        if len(terms) <= 500 and terms == load_terms(str(TERMS_V1), 500)[: len(terms)]:
+            return None
+        return (f"the weights predate {TERMS_KEY} and were trained with the term list {TERMS_V1.name}; set "
+                f"model.text.terms_file={TERMS_V1}")
+    wanted = terms_fingerprint(terms)
+    if torch.equal(saved.to("cpu", torch.uint8), wanted):
+        return None
+    return (f"the weights were trained with another term list (sha256 {bytes(saved.tolist()).hex()[:12]}) than "
+            f"model.text's terms_file/num_terms give ({bytes(wanted.tolist()).hex()[:12]}): captions would map to "
+            "the wrong embedding rows; use the terms the model was trained with")
 
 
 class ByteTermTokenizer:
@@ -160,6 +195,8 @@ class MultilingualTextEncoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(cfg.max_length, cfg.width) * 0.02)
         self.blocks = nn.ModuleList(TextBlock(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width)
+        # saved with the weights: a term's row means nothing to a tokenizer with another term list
+        self.register_buffer("terms_sha256", terms_fingerprint(terms))
         self.init_term_embeddings()
 
     @torch.no_grad()

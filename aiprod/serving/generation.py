@@ -205,6 +205,7 @@ class AlertResult:
     generation_s: float
     arm: str = ""
     reason: str = ""  # why the template was used
+    motion: str = ""  # the model path's camera motion (aiprod.diffusion.motion)
     notes: list[str] = field(default_factory=list)
 
 
@@ -264,14 +265,17 @@ class EmergencyResponder:
         self._model_slot = asyncio.Semaphore(1)  # one model run at a time per replica
         self._config_seen = host.updated_at
 
+    @staticmethod
+    def _prompt(request: AlertRequest) -> str:
+        return " ".join(p for p in (request.emergency_type.replace("_", " "), request.headline or "",
+                                    request.region) if p)
+
     def _model_frames(self, served: Served, request: AlertRequest) -> np.ndarray:
         s = self.cfg.serve
         apply_fault(self.host.fault.emergency_model_delay_s, self.host.fault.emergency_model_fail, "emergency")
-        prompt = " ".join(p for p in (request.emergency_type.replace("_", " "), request.headline or "",
-                                      request.region) if p)
         return served.pipeline.generate(
-            prompt, request.language, seconds=s.emergency_seconds, fps=s.template.fps,
-            height=s.emergency_height, width=s.emergency_width, seed=0, mode="emergency",
+            self._prompt(request), request.language, seconds=s.emergency_seconds, fps=s.template.fps,
+            height=s.emergency_height, width=s.emergency_width, seed=0, mode="emergency", motion=request.motion,
         )
 
     async def _with_model(self, job: EmergencyJob, arm: str, served: Served) -> AlertResult:
@@ -282,8 +286,9 @@ class EmergencyResponder:
         alert = await asyncio.to_thread(render_alert, job.request, self.cfg.serve.template,
                                         self.cfg.serve.emergency_seconds, frames)
         self.breaker.record(True, model_s)
+        motion = served.pipeline.motion_for(self._prompt(job.request), job.request.motion)
         return AlertResult("emergency", alert.mp4, served.version, alert.template_id, alert.frames,
-                           time.perf_counter() - start, arm=arm, notes=alert.notes)
+                           time.perf_counter() - start, arm=arm, notes=alert.notes, motion=str(motion))
 
     async def handle(self, job: EmergencyJob) -> AlertResult:
         if self.host.updated_at != self._config_seen:  # a new model or fault setting: fresh chance

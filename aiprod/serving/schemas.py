@@ -67,6 +67,9 @@ class EmergencyRequest(_Body):
     instructions: str | None = Field(None, min_length=1, description="default: the template's, in `language`")
     language: str = Field("en", description="language code, one of serve.languages")
     region: str = Field("", description="area the alert is for")
+    motion: str | None = Field(None, description="camera motion of the model's video: right, left, up, down, towards, "
+                               "away or still, optionally :FACTOR (e.g. left:2); default: read from the headline, "
+                               "else still")
     deadline_s: float | None = Field(None, gt=0, description="default and maximum serve.emergency_deadline_s")
 
 
@@ -130,6 +133,13 @@ def emergency_errors(req: EmergencyRequest, cfg: Config, types: dict[str, int]) 
             errors.append(_error(name, f"{name} is empty (leave it out for the template's)", value))
     if req.deadline_s is not None and req.deadline_s > s.emergency_deadline_s:
         errors.append(_error("deadline_s", f"deadline_s must be <= {s.emergency_deadline_s}", req.deadline_s))
+    if req.motion is not None:
+        from aiprod.diffusion.motion import parse_motion
+
+        try:
+            parse_motion(req.motion)
+        except ValueError as exc:
+            errors.append(_error("motion", str(exc), req.motion))
     return errors
 
 
