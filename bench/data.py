@@ -44,22 +44,27 @@ HD_NOISE_SIGMA = 6.0
 WINDOWS_PER_VIDEO = 4
 
 
+def tar_samples(uri: str):
+    """(key, {extension: bytes}) of every training sample, shard by shard, in this process."""
+    for shard, _ in shards.shard_uris(uri, "train"):
+        fs, path = storage.open_fs(shard)
+        with fs.open_input_stream(path) as stream:
+            yield from shards.iter_tar_samples(stream)
+
+
 def raw_loop(uri: str, phase: PhaseConfig, data: DataConfig) -> tuple[int, float]:
     """Read every shard and decode every clip in this one process."""
     if phase.buckets:
         return raw_bucket_loop(uri, phase, data)
     start = time.perf_counter()
     count = 0
-    for shard, _ in shards.shard_uris(uri, "train"):
-        fs, path = storage.open_fs(shard)
-        with fs.open_input_stream(path) as stream:
-            for key, parts in shards.iter_tar_samples(stream):
-                seed = zlib.crc32(f"{data.seed}:{key}".encode())
-                clip = video.decode_clip(parts["mp4"], phase.frames, phase.fps, phase.height, phase.width,
-                                         start=data.start, seed=seed, threads=data.decode_threads,
-                                         timeout_s=data.clip_timeout_s, name=key)
-                assert clip.shape == (phase.frames, phase.height, phase.width, 3)
-                count += 1
+    for key, parts in tar_samples(uri):
+        seed = zlib.crc32(f"{data.seed}:{key}".encode())
+        clip = video.decode_clip(parts["mp4"], phase.frames, phase.fps, phase.height, phase.width,
+                                 start=data.start, seed=seed, threads=data.decode_threads,
+                                 timeout_s=data.clip_timeout_s, name=key)
+        assert clip.shape == (phase.frames, phase.height, phase.width, 3)
+        count += 1
     return count, time.perf_counter() - start
 
 
@@ -68,20 +73,17 @@ def raw_bucket_loop(uri: str, phase: PhaseConfig, data: DataConfig) -> tuple[int
     buckets = clips.phase_buckets(phase)
     start = time.perf_counter()
     count = 0
-    for shard, _ in shards.shard_uris(uri, "train"):
-        fs, path = storage.open_fs(shard)
-        with fs.open_input_stream(path) as stream:
-            for key, parts in shards.iter_tar_samples(stream):
-                meta = json.loads(parts["json"])
-                shape = buckets[clips.nearest_bucket(meta["width"], meta["height"], buckets)]
-                n = clips.window_count(meta["frames"], meta["fps"], shape.frames, phase.fps)
-                needed = clips.needed_frames(shape.frames, phase.fps, meta["fps"])
-                for w in range(n):
-                    begin, slack = clips.window_span(meta["frames"], meta["fps"], n, w, needed)
-                    clip = video.decode_clip(parts["mp4"], shape.frames, phase.fps, shape.height, shape.width,
-                                             start=begin + slack / 2, threads=data.decode_threads, name=key)
-                    assert clip.shape == (shape.frames, shape.height, shape.width, 3)
-                    count += 1
+    for key, parts in tar_samples(uri):
+        meta = json.loads(parts["json"])
+        shape = buckets[clips.nearest_bucket(meta["width"], meta["height"], buckets)]
+        n = clips.window_count(meta["frames"], meta["fps"], shape.frames, phase.fps)
+        needed = clips.needed_frames(shape.frames, phase.fps, meta["fps"])
+        for w in range(n):
+            begin, slack = clips.window_span(meta["frames"], meta["fps"], n, w, needed)
+            clip = video.decode_clip(parts["mp4"], shape.frames, phase.fps, shape.height, shape.width,
+                                     start=begin + slack / 2, threads=data.decode_threads, name=key)
+            assert clip.shape == (shape.frames, shape.height, shape.width, 3)
+            count += 1
     return count, time.perf_counter() - start
 
 
