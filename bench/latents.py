@@ -2,6 +2,7 @@
 
     python bench/latents.py                      # the `learn` preset's denoiser phase, 2 minutes each way
     python bench/latents.py --minutes 3 --out out/bench-latents
+    python bench/latents.py --out out/bench-latents-64 curriculum.phases.1.height=64 curriculum.phases.1.width=64
 
 1. Synthetic shards at the quality benchmark's size (32x32, 9 frames) in OUT/data.
 2. A VAE weights dir (the preset's VAE, untrained: speed does not depend on what it learnt).
@@ -36,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="out/bench-latents")
     p.add_argument("--preset", default="learn")
     p.add_argument("--clips", type=int, default=2000, help="synthetic clips to build")
+    p.add_argument("overrides", nargs="*", help="key.path=value for the preset, e.g. a larger clip of its denoiser phase")
     args = p.parse_args(argv)
     if args.minutes <= 0:
         p.error(f"--minutes must be > 0, got {args.minutes}")
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(args.preset)
+    cfg = load_config(args.preset, args.overrides)
     index = max(i for i, p in enumerate(cfg.curriculum.phases) if p.component == "denoiser")
     phase = cfg.curriculum.phases[index]
     data, weights, cache, runs = (str(out / d) for d in ("data", "weights", "latents", "runs"))
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                  "train.progress_every_s=30"]
     rates = {}
     for name, latents in (("online", None), ("cache", cache)):
-        run_cfg = load_config(args.preset, overrides)
+        run_cfg = load_config(args.preset, [*args.overrides, *overrides])
         storage.delete(storage.join(runs, name))
         summary = run_curriculum(run_cfg, RunOptions(data=data, storage=runs, run_name=name, start_phase=index,
                                                      end_phase=index, latents=latents))
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "encode_s": round(encode_s, 1), "encode_clips": clips, "encode_clips_per_s": round(clips / encode_s, 1),
         # online samples/s the encode costs once: after this many samples the cache has paid for itself
         "break_even_samples": round(encode_s / (1 / rates["online"][0] - 1 / rates["cache"][0])) if ratio > 1 else None,
-        "goal": 3.0, "machine": machine(),
+        "goal": 3.0, "machine": machine(), "overrides": args.overrides,
     }
     print(f"\n{'':<10}{'samples/s':>10}{'steps':>8}")
     print(f"{'online':<10}{result['online_samples_per_s']:>10.1f}{result['online_steps']:>8}")
