@@ -185,3 +185,30 @@ def test_encode_latents_cli_names_a_missing_vae_and_exits_2(shards, tmp_path, ca
     spec.loader.exec_module(cli)
     assert cli.main(["--data", shards, "--vae", str(tmp_path / "nothing"), "--out", str(tmp_path / "c")]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_windows_encode_several_offsets_of_each_clip(ray_cluster, cfg, tmp_path):
+    """`--windows 2`: two seeded offsets of every clip longer than the phase's, each its own latent."""
+    from aiprod.data.latent_cache import build_latent_dataset
+    from aiprod.data.synthetic_shards import build_synthetic_shards
+    from aiprod.diffusion.pipeline import VideoPipeline
+    from aiprod.models import build_model
+
+    data = str(tmp_path / "long")  # 17 frames at 8 fps: the 9-frame phase has 8 frames of room
+    build_synthetic_shards(data, 12, levels=(1,), size=(32, 32), frames=17, fps=8.0, seed=0, data=cfg.data,
+                           heldout_fraction=0.0, workers=1)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    channels = cfg.model.vae.latent_channels
+    model.vae.set_latent_stats(torch.zeros(channels), torch.ones(channels))
+    weights = str(VideoPipeline(cfg, model).save_pretrained(tmp_path / "vae"))
+    phase = cfg.curriculum.phases[1]
+    index = encode_cache(data, weights, str(tmp_path / "cache"), [phase], cfg.data, windows=2, progress=False)
+    assert index["windows"] == 2 and index["counts"]["clips"] == 2 * 12
+    rows = list(build_latent_dataset(str(tmp_path / "cache"), phase, cfg.data).iter_rows())
+    by_key: dict[str, list[np.ndarray]] = {}
+    for row in rows:
+        by_key.setdefault(row["key"], []).append(np.asarray(row["latent"]))
+    assert len(by_key) == 12 and all(len(v) == 2 for v in by_key.values())
+    # two seeded offsets among the 9 a clip has: most clips get two different ones, so two latents
+    assert sum(not np.allclose(a, b) for a, b in by_key.values()) >= 6
