@@ -18,7 +18,6 @@ so a reader can tell whether recorded lengths apply to its own tokenizer.
 from __future__ import annotations
 
 import functools
-import hashlib
 import sys
 from collections import Counter
 from collections.abc import Iterable
@@ -35,7 +34,9 @@ def _order(language: str) -> tuple[int, str]:
 
 
 def terms_sha(terms: list[str]) -> str:
-    return hashlib.sha256("\n".join(terms).encode("utf-8")).hexdigest()[:12]
+    from aiprod.models.text import terms_digest
+
+    return terms_digest(terms).hex()[:12]
 
 
 @functools.lru_cache(maxsize=8)

@@ -28,7 +28,7 @@ from aiprod.diffusion.sampler import PixelCodec, StepHook, TextCondition, emerge
 from aiprod.diffusion.schedule import NoiseSchedule
 from aiprod.model_dir import DEFAULT_VERSION, WEIGHTS, CheckpointError
 from aiprod.models import VideoModel, build_model
-from aiprod.models.text import TERMS_KEY, terms_fingerprint, terms_mismatch, with_saved_terms
+from aiprod.models.text import state_for_terms, with_saved_terms
 
 MODES = ("standard", "emergency")
 class GenerationAbandoned(RuntimeError):
@@ -81,10 +81,10 @@ class VideoPipeline:
         cfg.model.text = with_saved_terms(cfg.model.text, state)
         with torch.device("meta"):
             model = build_model(cfg.model)
-        problem = terms_mismatch(state, model.text.tokenizer.terms)
-        if problem:
-            raise CheckpointError(f"checkpoint {uri}: {problem}")
-        state = {TERMS_KEY: terms_fingerprint(model.text.tokenizer.terms), **state}
+        try:
+            state = state_for_terms(state, model.text.tokenizer.terms)
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint {uri}: {exc}") from None
         try:
             model.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:

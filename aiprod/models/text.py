@@ -62,10 +62,14 @@ def load_terms(path: str | None, num_terms: int) -> list[str]:
     return terms[:num_terms]
 
 
+def terms_digest(terms: list[str]) -> bytes:
+    """The sha256 of a term list, one term per line: what names a tokenizer (weights, shard records)."""
+    return hashlib.sha256("\n".join(terms).encode("utf-8")).digest()
+
+
 def terms_fingerprint(terms: list[str]) -> torch.Tensor:
-    """uint8[32]: the sha256 of a term list (one term per line), as saved under TERMS_KEY."""
-    digest = hashlib.sha256("\n".join(terms).encode("utf-8")).digest()
-    return torch.tensor(list(digest), dtype=torch.uint8)
+    """uint8[32]: `terms_digest` as saved under TERMS_KEY."""
+    return torch.tensor(list(terms_digest(terms)), dtype=torch.uint8)
 
 
 def with_saved_terms(cfg: TextConfig, state: dict[str, torch.Tensor]) -> TextConfig:
@@ -76,6 +80,15 @@ def with_saved_terms(cfg: TextConfig, state: dict[str, torch.Tensor]) -> TextCon
     return cfg.model_copy(update={"terms_file": str(TERMS_V1)})
 
 
+def state_for_terms(state: dict[str, torch.Tensor], terms: list[str]) -> dict[str, torch.Tensor]:
+    """`state` to load into a text encoder of `terms`, TERMS_KEY filled in for weights from before it
+    was saved; ValueError (why) when the weights were trained with another term list."""
+    problem = terms_mismatch(state, terms)
+    if problem:
+        raise ValueError(problem)
+    return {TERMS_KEY: terms_fingerprint(terms), **state}
+
+
 def terms_mismatch(state: dict[str, torch.Tensor], terms: list[str]) -> str | None:
     """Why `state` cannot be read with a tokenizer of `terms`, or None."""
     saved = state.get(TERMS_KEY)
@@ -84,11 +97,11 @@ def terms_mismatch(state: dict[str, torch.Tensor], terms: list[str]) -> str | No
             return None
         return (f"the weights predate {TERMS_KEY} and were trained with the term list {TERMS_V1.name}; set "
                 f"model.text.terms_file={TERMS_V1}")
-    wanted = terms_fingerprint(terms)
-    if torch.equal(saved.to("cpu", torch.uint8), wanted):
+    saved, wanted = bytes(saved.to("cpu", torch.uint8).tolist()), terms_digest(terms)
+    if saved == wanted:
         return None
-    return (f"the weights were trained with another term list (sha256 {bytes(saved.tolist()).hex()[:12]}) than "
-            f"model.text's terms_file/num_terms give ({bytes(wanted.tolist()).hex()[:12]}): captions would map to "
+    return (f"the weights were trained with another term list (sha256 {saved.hex()[:12]}) than "
+            f"model.text's terms_file/num_terms give ({wanted.hex()[:12]}): captions would map to "
             "the wrong embedding rows; use the terms the model was trained with")
 
 

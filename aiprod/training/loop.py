@@ -150,12 +150,13 @@ class RankTrainer:
             if missing:  # weights from before latent statistics were stored: measure them again
                 self.say(f"weights without {', '.join(missing)}: the next denoiser phase measures them")
                 weights = {**weights, **{k: v for k, v in model.state_dict().items() if k in missing}}
-            from aiprod.models.text import TERMS_KEY, terms_mismatch
+            from aiprod.models.text import state_for_terms
 
-            problem = terms_mismatch(weights, model.text.tokenizer.terms)
-            if problem:
-                raise ValueError(f"train.init_from / resumed weights: {problem}")
-            model.load_state_dict({TERMS_KEY: model.text.terms_sha256, **weights}, strict=True)
+            try:
+                weights = state_for_terms(weights, model.text.tokenizer.terms)
+            except ValueError as exc:
+                raise ValueError(f"train.init_from / resumed weights: {exc}") from None
+            model.load_state_dict(weights, strict=True)
         model.denoiser.set_activation_checkpointing(
             self.cfg.train.activation_checkpointing or self.cfg.model.denoiser.activation_checkpointing)
         return model.to(self.device)

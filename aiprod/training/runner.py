@@ -21,6 +21,7 @@ from typing import Any
 
 from aiprod import model_dir, storage
 from aiprod.config import Config, ConfigError
+from aiprod.data.caption_lengths import report_truncation
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.engine import deepspeed_config
 from aiprod.training.run_options import RUN_CONFIG, RunExistsError, RunOptions, run_exists, run_uri
@@ -55,14 +56,14 @@ def check_config(cfg: Config, opts: RunOptions, plan: WorkerPlan) -> None:
         model = None
     for i, phase in enumerate(phases):
         where = f"curriculum.phases.{i}"
-        for shape in phase_buckets(phase):
-            if model is not None:
-                try:
-                    model.vae.check_frames(shape.frames)
-                except ValueError as exc:
-                    problems.append(f"{where}.{'buckets' if phase.buckets else 'frames'}: {exc}")
+        shapes = phase_buckets(phase)
+        for shape in shapes if model is not None else ():
+            try:
+                model.vae.check_frames(shape.frames)
+            except ValueError as exc:
+                problems.append(f"{where}.{'buckets' if phase.buckets else 'frames'}: {exc}")
         caching = cfg.train.cache_latents or cfg.data.latents or opts.latents
-        if phase.buckets and len(phase.buckets) > 1 and phase.component == "denoiser" and caching:
+        if len(shapes) > 1 and phase.component == "denoiser" and caching:
             problems.append(f"{where}.buckets: a latent cache holds one clip shape per phase; train this phase "
                             "from video (no train.cache_latents / --latents) or list one bucket")
         try:
@@ -157,7 +158,6 @@ def run_curriculum(cfg: Config, opts: RunOptions, callbacks: Sequence[Any] = ())
     uri = run_uri(opts)
     cfg, plan = plan_workers(cfg, opts.workers)
     check_config(cfg, opts, plan)
-    from aiprod.data.caption_lengths import report_truncation
     report_truncation(opts.data, cfg.model.text)  # "captions: en 0.0% truncated at max_length 64, ..."
     end = len(cfg.curriculum.phases) - 1 if opts.end_phase is None else opts.end_phase
     latents = given_cache(cfg, opts, uri, end)
