@@ -145,7 +145,7 @@ def judge(uri: str, cfg: Config, scenes: int) -> dict:
     return judging.alignment([(s["scores"], s["language"]) for s in samples])
 
 
-class ModeTimer:
+class InMode:
     """`pipe` in one mode at that mode's own steps (standard: diffusion.sample_steps, emergency:
     diffusion.emergency.steps, as Serve runs them)."""
 
@@ -189,7 +189,7 @@ def judge_modes(uri: str, scenes: int) -> dict:
     out: dict = {}
     for first in ("clip", "image"):
         pipe.cfg = base.with_overrides([f"diffusion.emergency.first_frame={first}"])
-        samples, _ = generate_and_judge(ModeTimer(pipe, "emergency"), pipe.cfg, cases, spec, eval_languages(base),
+        samples, _ = generate_and_judge(InMode(pipe, "emergency"), pipe.cfg, cases, spec, eval_languages(base),
                                         f"emergency, first frame: {first}")
         out[first] = _accuracies(judging.alignment([(s["scores"], s["language"]) for s in samples]))
     pipe.cfg = base
