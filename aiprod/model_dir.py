@@ -50,21 +50,27 @@ def write_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, metad
 
 def save(directory: str | os.PathLike, state: dict[str, torch.Tensor], cfg: Config,
          version: str = DEFAULT_VERSION) -> str | Path:
-    """Write weights + config + manifest as one model directory, replacing any there: locally by a
-    rename of a finished temp dir beside it (returns its Path); on S3 by uploading a finished local
-    copy, manifest last (returns the URI)."""
+    """Write weights + config + manifest as one model directory, replacing any there (publish)."""
+    return publish(directory, lambda tmp: _write_local(tmp, state, cfg, version))
+
+
+def publish(directory: str | os.PathLike, fill) -> str | Path:
+    """Make a model directory from `fill(local_dir)`: locally by a rename of a finished temp dir
+    beside it (returns its Path); on S3 by uploading a finished local copy, manifest last (returns
+    the URI)."""
     target = str(directory)
     if storage.is_s3(target):
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "model"
-            _write_local(local, state, cfg, version)
+            local.mkdir()
+            fill(local)
             storage.delete(target)
             for file in sorted(local.iterdir()):
                 if file.name != MANIFEST:
                     storage.put_file(file, storage.join(target, file.name))
             storage.put_file(local / MANIFEST, storage.join(target, MANIFEST))  # last: marks it complete
         return target
-    _replace_dir(Path(target), lambda tmp: _write_local(tmp, state, cfg, version))
+    replace_dir(Path(target), fill)
     return Path(target)
 
 
@@ -78,7 +84,7 @@ def _write_local(directory: Path, state: dict[str, torch.Tensor], cfg: Config, v
     storage.fsync_dir(directory)
 
 
-def _replace_dir(target: Path, fill) -> None:
+def replace_dir(target: Path, fill) -> None:
     """Fill a temp dir beside `target`, then rename it into place (an existing one is swapped aside)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -110,16 +116,31 @@ def verify(uri: str | os.PathLike) -> list[str]:
     """Problems with a model directory: a missing weights or config file, files that do not match
     its manifest (a directory without a manifest is checked for its files only)."""
     uri = str(uri)
-    problems = [f"{name} is missing" for name in (WEIGHTS, CONFIG) if not storage.exists(storage.join(uri, name))]
+    problems = [f"{name} is missing" for name in (Path(weights_file(uri)).name, CONFIG)
+                if not storage.exists(storage.join(uri, name))]
     if not problems and storage.exists(storage.join(uri, MANIFEST)):
         problems = [f"fails {MANIFEST}: {p}" for p in verify_manifest(uri)]
     return problems
 
 
-def read_weights(uri: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The weights of a model directory (a checkpoint, a registry entry, final/), local or s3://."""
+def weights_file(uri: str | os.PathLike) -> str:
+    """The weights file of a model directory: model.safetensors, or an adapter directory's
+    adapter.safetensors (aiprod.adapter_dir)."""
+    from aiprod.adapter_dir import ADAPTER_WEIGHTS, is_adapter_dir
+
+    return storage.join(str(uri), ADAPTER_WEIGHTS if is_adapter_dir(uri) else WEIGHTS)
+
+
+def read_weights(uri: str | os.PathLike, registry_root: str | None = None) -> dict[str, torch.Tensor]:
+    """The weights of a model directory (a checkpoint, a registry entry, final/), local or s3://;
+    an adapter directory's are its base's with the adapter folded in (its base registry version is
+    looked up in `registry_root` first)."""
     from safetensors.torch import load
 
+    from aiprod import adapter_dir
+
+    if adapter_dir.is_adapter_dir(uri):
+        return adapter_dir.merged_weights(uri, registry_root)
     path = storage.join(str(uri), WEIGHTS)
     if not storage.exists(path):
         raise FileNotFoundError(f"no {WEIGHTS} in {uri}")
@@ -132,17 +153,27 @@ def read_config(uri: str | os.PathLike, overrides: list[str] | tuple[str, ...] =
     return cfg.with_overrides(overrides) if overrides else cfg
 
 
-def load(uri: str | os.PathLike, check: bool = True) -> tuple[Config, dict[str, torch.Tensor], str]:
-    """(config, weights, version) of a model directory; with `check`, CheckpointError unless it verifies."""
+def load(uri: str | os.PathLike, check: bool = True, registry_root: str | None = None,
+         ) -> tuple[Config, dict[str, torch.Tensor], str]:
+    """(config, weights, version) of a model directory; with `check`, CheckpointError unless it
+    verifies. An adapter directory gives its base's weights with the adapter folded in."""
     from safetensors.torch import load as load_safetensors
+
+    from aiprod import adapter_dir
 
     uri = str(uri)
     problems = verify(uri) if check else []
     if problems:
         raise CheckpointError(f"checkpoint {uri}: " + "; ".join(problems))
     cfg = read_config(uri)
-    blob = storage.read_bytes(storage.join(uri, WEIGHTS))
-    return cfg, load_safetensors(blob), _safetensors_metadata(blob).get("version", DEFAULT_VERSION)
+    blob = storage.read_bytes(weights_file(uri))
+    version = _safetensors_metadata(blob).get("version", DEFAULT_VERSION)
+    if adapter_dir.is_adapter_dir(uri):
+        try:
+            return cfg, adapter_dir.merged_weights(uri, registry_root), version
+        except (adapter_dir.AdapterBaseError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {uri}: {exc}") from None
+    return cfg, load_safetensors(blob), version
 
 
 def _safetensors_metadata(blob: bytes) -> dict[str, Any]:

@@ -7,25 +7,26 @@
 Every section forbids unknown keys; errors name the full key path, the bad value and what is
 allowed (`config: curriculum.phases.1.lr: input should be greater than 0, got -1`).
 
-Modules: `section` (the base and ConfigError), `training` and `serving` (the sections), `schema` (the
-root `Config`), `loading` (presets, overrides, validation, CLI arguments); `python -m aiprod.config`.
+Modules: `section` (the base and ConfigError), `training`, `serving` and `provenance` (the sections),
+`schema` (the root `Config`), `loading` (presets, overrides, validation, CLI arguments); `python -m aiprod.config`.
 """
 
 from aiprod.config.loading import (PRESET_DIR, add_config_arguments, apply_override, available_presets,
                                    load_config, load_overrides_file, overrides_from_args, schema, validate)
+from aiprod.config.provenance import ProvenanceConfig
 from aiprod.config.schema import Config
 from aiprod.config.section import ConfigError, Section, deep_merge
 from aiprod.config.serving import (ABConfig, AutoscalingConfig, DeploymentConfig, FaultConfig, ServeConfig,
                                    TemplateConfig)
-from aiprod.config.training import (CheckpointConfig, CurriculumConfig, DataConfig, DenoiserConfig,
+from aiprod.config.training import (AdapterConfig, CheckpointConfig, CurriculumConfig, DataConfig, DenoiserConfig,
                                     DiffusionConfig, EmergencyPathConfig, EvalConfig, ModelConfig, PhaseConfig,
                                     RegistryConfig, SearchDim, TextConfig, TrainConfig, TuneConfig, VAEConfig)
 
 __all__ = [
-    "ABConfig", "AutoscalingConfig", "CheckpointConfig", "Config", "ConfigError", "CurriculumConfig", "DataConfig",
+    "ABConfig", "AdapterConfig", "AutoscalingConfig", "CheckpointConfig", "Config", "ConfigError", "CurriculumConfig", "DataConfig",
     "DenoiserConfig", "DeploymentConfig", "DiffusionConfig", "EmergencyPathConfig", "EvalConfig", "FaultConfig",
-    "ModelConfig", "PRESET_DIR", "PhaseConfig", "RegistryConfig", "SearchDim", "Section", "ServeConfig",
-    "TemplateConfig", "TextConfig", "TrainConfig", "TuneConfig", "VAEConfig", "add_config_arguments",
+    "ModelConfig", "PRESET_DIR", "PhaseConfig", "ProvenanceConfig", "RegistryConfig", "SearchDim", "Section",
+    "ServeConfig", "TemplateConfig", "TextConfig", "TrainConfig", "TuneConfig", "VAEConfig", "add_config_arguments",
     "apply_override", "available_presets", "deep_merge", "load_config", "load_overrides_file",
     "overrides_from_args", "schema", "validate",
 ]

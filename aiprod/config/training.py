@@ -228,6 +228,35 @@ class CurriculumConfig(Section):
 # --------------------------------------------------------------------------- training
 
 
+class AnomalyConfig(Section):
+    """The training-loss anomaly detector (aiprod.monitoring.anomaly): events in metrics.jsonl and
+    the aiprod_train_anomalies metric."""
+
+    enabled: bool = Field(True, description="watch the step loss for spikes and plateaus")
+    ema_beta: float = Field(0.9, gt=0.0, lt=1.0, description="weight of the past in the loss EMA and its "
+                            "mean absolute deviation (the robust scale)")
+    warmup_steps: int = Field(10, ge=1, description="steps of a phase before spikes are judged")
+    spike_k: float = Field(6.0, gt=0.0, description="a spike: loss > EMA + spike_k x robust scale")
+    scale_floor: float = Field(0.02, ge=0.0, description="robust scale at least this fraction of the EMA, so "
+                               "a near-constant loss does not make every wobble a spike")
+    plateau_steps: int = Field(200, ge=2, description="a plateau: no relative improvement of the best loss by "
+                               "plateau_min_improvement within this many steps")
+    plateau_min_improvement: float = Field(0.01, ge=0.0, lt=1.0, description="relative improvement of the best "
+                                           "loss that counts as progress")
+
+
+class AdapterConfig(Section):
+    rank: int = Field(8, ge=1, description="LoRA rank r")
+    alpha: float = Field(16.0, gt=0, description="LoRA scale numerator: the update is B·A·alpha/rank")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["attn.q", "attn.kv", "attn.out", "cross.q", "cross.kv", "cross.out", "mlp.fc1",
+                                 "mlp.fc2"],
+        description="Linear layers inside each denoiser transformer block that get an adapter")
+    text_encoder: bool = Field(False, description="also put adapters on the text encoder's blocks (else it is "
+                               "frozen in adapter modes)")
+
+
 class TrainConfig(Section):
     workers: int | Literal["auto"] = "auto"
     use_gpu: bool | Literal["auto"] = "auto"
@@ -251,16 +280,33 @@ class TrainConfig(Section):
     max_failures: int = Field(2, ge=0)
     nan_rollback_after: int = Field(3, ge=1, description="K non-finite losses in a row -> rollback")
     nan_lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig, description="loss spike/plateau detector (monitoring)")
     small_gpu_gib: float = Field(12.0, gt=0, description="one GPU below this -> gtx1070 profile")
     storage: str = Field("out/runs", description="run outputs root, local or s3://")
     sample_prompt: str = "a red circle moving right"
-    init_from: str | None = Field(None, description="checkpoint dir whose weights start the run")
+    init_from: str | None = Field(None, description="weights that start the run: a model directory (final/, a "
+                                  "checkpoint, s3://...) or a registry reference (production, latest, a version)")
+    mode: Literal["full", "lora", "dora"] = Field(
+        "full", description="full: denoiser phases train every denoiser and text-encoder weight; lora / dora: only "
+        "adapters on train.init_from's weights (final/ is then an adapter directory naming that base)")
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0, description="denoiser phases keep an exponential "
+                                    "moving average of the trained weights (e.g. 0.999); None = off")
+    export_ema: bool = Field(True, description="with ema_decay: final/ holds the EMA weights (the raw ones beside "
+                             "them as raw.safetensors); else the raw ones (the EMA as ema.safetensors)")
     contact_sheet_frames: int = Field(8, ge=1, description="frames per phase-end contact sheet")
     demo_clips: int = Field(200, ge=8, description="--demo: synthetic clips built when --data is not given")
     probe_draws: int = Field(4, ge=1, description="fixed noise draws averaged in the phase start/end probe loss")
     cache_latents: bool = Field(False, description="after the VAE phases, encode the denoiser phases' clips once "
                                 "into RUN/latents (reused when it matches) and train the denoiser from it; a "
                                 "cache named by data.latents / --latents wins")
+
+    @model_validator(mode="after")
+    def _adapters_need_a_base(self) -> TrainConfig:
+        if self.mode != "full" and not self.init_from:
+            raise ValueError(f"mode={self.mode} trains adapters on a base model: set train.init_from (a model "
+                             f"directory or a registry reference)")
+        return self
 
 
 class CheckpointConfig(Section):

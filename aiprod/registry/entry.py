@@ -10,7 +10,8 @@ from typing import Any
 
 from aiprod import manifest, storage
 from aiprod.registry.errors import IntegrityError, RegistryError
-from aiprod.model_dir import CONFIG, STATE, WEIGHTS
+from aiprod.adapter_dir import ADAPTER_META
+from aiprod.model_dir import CONFIG, STATE, weights_file
 from aiprod.registry.names import ENTRY, REPORT
 from aiprod.registry.stamps import actor, now
 
@@ -18,8 +19,8 @@ COPY_CHUNK = 8 << 20
 
 
 def check_checkpoint(source: str) -> None:
-    """A checkpoint has weights and config, and matches its manifest when it has one."""
-    for required in (WEIGHTS, CONFIG):
+    """A checkpoint (or adapter directory) has weights and config, and matches its manifest when it has one."""
+    for required in (Path(weights_file(source)).name, CONFIG):
         if not storage.exists(storage.join(source, required)):
             raise RegistryError(f"registry: checkpoint {source} has no {required}")
     if storage.exists(storage.join(source, manifest.MANIFEST)):
@@ -44,10 +45,11 @@ def load_report(report: str | os.PathLike | dict[str, Any] | None) -> dict[str, 
 
 def stage_entry(source: str, staged: Path, version: str, report: dict[str, Any] | None) -> None:
     """Write entry `version`'s files into `staged`, fsynced, manifest last."""
-    copy_stamped_weights(storage.join(source, WEIGHTS), staged / WEIGHTS, version)
-    (staged / CONFIG).write_bytes(storage.read_bytes(storage.join(source, CONFIG)))
-    if storage.exists(storage.join(source, STATE)):
-        (staged / STATE).write_bytes(storage.read_bytes(storage.join(source, STATE)))
+    weights = weights_file(source)
+    copy_stamped_weights(weights, staged / Path(weights).name, version)
+    for name in (CONFIG, STATE, ADAPTER_META):
+        if name == CONFIG or storage.exists(storage.join(source, name)):
+            (staged / name).write_bytes(storage.read_bytes(storage.join(source, name)))
     if report is not None:
         (staged / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False), "utf-8")
     entry = {"version": version, "published_at": now(), "source": source, **actor()}
