@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import Field
 
+from aiprod.config.provenance import ProvenanceConfig
 from aiprod.config.section import Section
 from aiprod.config.serving import ServeConfig
 from aiprod.config.training import (CheckpointConfig, CurriculumConfig, DataConfig, DiffusionConfig, EvalConfig,
@@ -28,6 +29,7 @@ class Config(Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
