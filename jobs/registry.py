@@ -7,6 +7,8 @@
     python jobs/registry.py rollback
     python jobs/registry.py verify pib-videogen-standard-v0.1.0-general
     python jobs/registry.py history | resolve production
+    python jobs/registry.py ab pib-videogen-standard-v0.2.0-general --fraction 0.1 [--reason TEXT]
+    python jobs/registry.py ab [--clear]      # show, or clear, the A/B pointer Serve follows
 
 --root defaults to registry.root of the config (--preset / --config, default tiny, plus
 `--set key.path=value`). `promote` checks the version against the release gates (eval.gates) of the
@@ -53,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     res = sub.add_parser("resolve", help="local directory of production | latest | NAME, verified against its manifest")
     res.add_argument("ref")
     res.add_argument("--cache-dir")
+    ab = sub.add_parser("ab", help="point A/B at a version (that share of Serve's traffic), show it, or --clear it")
+    ab.add_argument("version", nargs="?", help="the candidate version (omit to show the pointer)")
+    ab.add_argument("--fraction", type=float, help="share of requests for the candidate, > 0 and <= 1")
+    ab.add_argument("--clear", action="store_true", help="send no traffic to a candidate any more")
+    ab.add_argument("--reason", help="recorded in the history")
     return p.parse_args(argv)
 
 
@@ -121,8 +128,27 @@ def _resolve(reg: Registry, cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _ab(reg: Registry, cfg: Config, args: argparse.Namespace) -> int:
+    if args.clear:
+        if args.version or args.fraction is not None:
+            raise RegistryError("registry: ab --clear takes no VERSION or --fraction")
+        event = reg.clear_ab(args.reason)
+        print("A/B pointer cleared (was " + (event["replaced"] if event else "not set") + ")")
+        return 0
+    if args.version is None:
+        if args.fraction is not None:
+            raise RegistryError("registry: ab --fraction needs a VERSION")
+        print(json.dumps(reg.ab()))
+        return 0
+    if args.fraction is None:
+        raise RegistryError(f"registry: ab {args.version} needs --fraction F (0 < F <= 1)")
+    event = reg.set_ab(args.version, args.fraction, args.reason)
+    print(f"A/B -> {args.version} with {args.fraction:g} of the traffic (was {event['replaced']})")
+    return 0
+
+
 COMMANDS = {"publish": _publish, "list": _list, "promote": _promote, "rollback": _rollback,
-            "verify": _verify, "history": _history, "resolve": _resolve}
+            "verify": _verify, "history": _history, "resolve": _resolve, "ab": _ab}
 
 
 def run(args: argparse.Namespace) -> int:

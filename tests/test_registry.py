@@ -274,3 +274,51 @@ def test_cli_resolve_of_a_corrupt_version_fails(tmp_path, checkpoint):
     proc = _cli("--root", str(root), "resolve", name)
     rc, out, err = proc.wait(timeout=120), proc.stdout.read(), proc.stderr.read()
     assert rc == 1 and out == "" and f"{name} fails its manifest" in err and "sha256 mismatch" in err
+
+
+def test_the_ab_pointer_names_an_intact_version_and_its_share_of_traffic(root, checkpoint, reports):
+    reg = Registry(root)
+    for version in ("1.0.0", "1.1.0"):
+        reg.publish(checkpoint, V.format(version), report=reports["good"])
+    assert reg.ab() is None
+    for bad in (0, 0.0, -0.1, 1.5, float("nan"), float("inf"), True, "0.5"):
+        with pytest.raises(RegistryError, match=r"A/B fraction must be > 0 and <= 1"):
+            reg.set_ab(V.format("1.1.0"), bad)
+    with pytest.raises(VersionNotFoundError, match=r"no version .*9\.9\.9"):
+        reg.set_ab(V.format("9.9.9"), 0.1)
+    assert reg.ab() is None
+
+    event = reg.set_ab(V.format("1.1.0"), 0.25, reason="candidate from finetune run 7")
+    assert (event["action"], event["version"], event["fraction"], event["replaced"]) == (
+        "ab", V.format("1.1.0"), 0.25, None)
+    pointer = reg.ab()
+    assert (pointer["version"], pointer["fraction"]) == (V.format("1.1.0"), 0.25) and pointer["updated_at"]
+    assert reg.set_ab(V.format("1.0.0"), 1)["replaced"] == V.format("1.1.0")
+    assert reg.ab()["fraction"] == 1.0
+
+    _flip_byte(storage.join(reg.root, V.format("1.1.0"), "model.safetensors"))
+    with pytest.raises(IntegrityError, match="refusing to point A/B at it.*sha256 mismatch"):
+        reg.set_ab(V.format("1.1.0"), 0.5)
+    assert reg.ab()["version"] == V.format("1.0.0")
+
+    assert reg.clear_ab(reason="candidate lost")["replaced"] == V.format("1.0.0")
+    assert reg.ab() is None and reg.clear_ab() is None
+    ab_events = [(e["version"], e["fraction"]) for e in reg.history() if e["action"] == "ab"]
+    assert ab_events == [(V.format("1.1.0"), 0.25), (V.format("1.0.0"), 1.0), (None, 0.0)]
+
+
+def test_cli_sets_shows_and_clears_the_ab_pointer(tmp_path, checkpoint):
+    root = tmp_path / "reg"
+    name = V.format("0.5.0")
+    Registry(root).publish(checkpoint, name)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        proc = _cli("--root", str(root), "ab", *args)
+        return proc.wait(timeout=120), proc.stdout.read(), proc.stderr.read()
+
+    rc, out, _ = run(name, "--fraction", "0.1", "--reason", "try it")
+    assert rc == 0 and f"A/B -> {name} with 0.1 of the traffic" in out
+    rc, out, _ = run()
+    assert rc == 0 and json.loads(out)["version"] == name and json.loads(out)["fraction"] == 0.1
+    rc, out, _ = run("--clear")
+    assert rc == 0 and f"was {name}" in out and Registry(root).ab() is None

@@ -10,7 +10,9 @@ Layout under the root:
                           state.json, report.json (when given), entry.json, MANIFEST.sha256
     latest.json           {"version": ...}: the last published version
     production.json       {"version": ..., "previous": [...]}: what serves; `previous` is the rollback stack
-    history.jsonl         one JSON line per change (publish, promote, rollback)
+    ab.json               {"version": ..., "fraction": ...}: the A/B candidate and its traffic share
+                          (Registry.set_ab / clear_ab; Serve arms b with `ab: {version: registry}`)
+    history.jsonl         one JSON line per change (publish, promote, rollback, ab)
     .lock                 held while pointers and history change
 
 Publishing is create-only: locally the entry is staged beside the root and renamed into place

@@ -4,6 +4,7 @@ pointers under release gates and manifest checks, roll back, and resolve a versi
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from aiprod.registry.errors import (
     VersionNotFoundError,
 )
 from aiprod.registry.names import (
+    AB,
     ENTRY,
     HISTORY,
     LATEST,
@@ -176,6 +178,43 @@ class Registry:
             record = {"version": target, "previous": previous, "updated_at": now(), "forced": False}
             self.store.write(PRODUCTION, json.dumps(record, indent=2).encode())
             return self._record("rollback", version=target, replaced=current.get("version"))
+
+    # ------------------------------------------------------------------ A/B pointer
+
+    def ab(self) -> dict[str, Any] | None:
+        """The A/B pointer {"version", "fraction", "updated_at"} (Serve replicas that follow it send
+        that share of traffic to the version as arm b), or None when unset or cleared."""
+        record = self._json(AB)
+        return record if record and record.get("version") else None
+
+    def set_ab(self, version: str, fraction: float, reason: str | None = None) -> dict[str, Any]:
+        """Point A/B at an intact version with a traffic share 0 < fraction <= 1; returns the event."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+                math.isfinite(fraction) and 0 < fraction <= 1):
+            raise RegistryError(f"registry: A/B fraction must be > 0 and <= 1, got {fraction!r} "
+                                f"(clear the A/B pointer to send no traffic to a candidate)")
+        self._require(version)
+        self._require_intact(version, "fails its manifest, refusing to point A/B at it")
+        with locked(self.store, "ab", self.cfg.lock_timeout_s):
+            current = self.ab() or {}
+            record = {"version": version, "fraction": float(fraction), "updated_at": now()}
+            if reason:
+                record["reason"] = reason
+            self.store.write(AB, json.dumps(record, indent=2).encode())
+            return self._record("ab", version=version, fraction=float(fraction),
+                                replaced=current.get("version"), reason=reason)
+
+    def clear_ab(self, reason: str | None = None) -> dict[str, Any] | None:
+        """Send no traffic to an A/B candidate any more; returns the event (None when none was set)."""
+        with locked(self.store, "ab", self.cfg.lock_timeout_s):
+            current = self.ab()
+            if current is None:
+                return None
+            record = {"version": None, "fraction": 0.0, "updated_at": now()}
+            if reason:
+                record["reason"] = reason
+            self.store.write(AB, json.dumps(record, indent=2).encode())  # one atomic write, no delete
+            return self._record("ab", version=None, fraction=0.0, replaced=current["version"], reason=reason)
 
     # ------------------------------------------------------------------ serving
 

@@ -21,6 +21,7 @@ NAME_FORMAT = "pib-videogen-{model_type}-v{major}.{minor}.{patch}-{specializatio
 # Registry layout: files of an entry that the registry adds, and files at the root.
 REPORT, ENTRY = "report.json", "entry.json"
 LATEST, PRODUCTION, HISTORY, LOCK, CLAIM = "latest.json", "production.json", "history.jsonl", ".lock", ".claim"
+AB = "ab.json"  # the A/B pointer: {"version", "fraction", "updated_at"}; version null when cleared
 STAGING = ".staging"
 POINTERS = {"latest": LATEST, "production": PRODUCTION}
 
