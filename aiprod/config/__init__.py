@@ -7,12 +7,13 @@
 Every section forbids unknown keys; errors name the full key path, the bad value and what is
 allowed (`config: curriculum.phases.1.lr: input should be greater than 0, got -1`).
 
-Modules: `section` (the base and ConfigError), `training`, `serving` and `provenance` (the sections),
+Modules: `section` (the base and ConfigError), `training`, `serving`, `provenance` and `finetune` (the sections),
 `schema` (the root `Config`), `loading` (presets, overrides, validation, CLI arguments); `python -m aiprod.config`.
 """
 
 from aiprod.config.loading import (PRESET_DIR, add_config_arguments, apply_override, available_presets,
                                    load_config, load_overrides_file, overrides_from_args, schema, validate)
+from aiprod.config.finetune import FinetuneConfig
 from aiprod.config.provenance import ProvenanceConfig
 from aiprod.config.schema import Config
 from aiprod.config.section import ConfigError, Section, deep_merge
@@ -24,7 +25,7 @@ from aiprod.config.training import (AdapterConfig, CheckpointConfig, CurriculumC
 
 __all__ = [
     "ABConfig", "AdapterConfig", "AutoscalingConfig", "CheckpointConfig", "Config", "ConfigError", "CurriculumConfig", "DataConfig",
-    "DenoiserConfig", "DeploymentConfig", "DiffusionConfig", "EmergencyPathConfig", "EvalConfig", "FaultConfig",
+    "DenoiserConfig", "DeploymentConfig", "DiffusionConfig", "EmergencyPathConfig", "EvalConfig", "FaultConfig", "FinetuneConfig",
     "ModelConfig", "PRESET_DIR", "PhaseConfig", "ProvenanceConfig", "RegistryConfig", "SearchDim", "Section",
     "ServeConfig", "TemplateConfig", "TextConfig", "TrainConfig", "TuneConfig", "VAEConfig", "add_config_arguments",
     "apply_override", "available_presets", "deep_merge", "load_config", "load_overrides_file",

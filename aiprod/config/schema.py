@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import Field
 
+from aiprod.config.finetune import FinetuneConfig
 from aiprod.config.provenance import ProvenanceConfig
 from aiprod.config.section import Section
 from aiprod.config.serving import ServeConfig
@@ -30,6 +31,7 @@ class Config(Section):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
