@@ -3,7 +3,9 @@
     python jobs/sample.py --checkpoint out/registry/pib-videogen-... --prompt "a red circle moving right" \
         --out out/sample.mp4 --seconds 2 --fps 8 --height 64 --width 64 --seed 0 [--mode emergency]
 
-Prints one JSON line: {"out", "frames", "height", "width", "fps", "mode", "version", "seconds_taken"}.
+Prints one JSON line: {"out", "frames", "height", "width", "fps", "mode", "version", "signed_by", "seconds_taken"}.
+The video carries signed C2PA content credentials (aiprod.provenance: $AIPROD_C2PA_CERT/$AIPROD_C2PA_KEY,
+else this machine's development certificate).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from aiprod.diffusion.pipeline import MODES, VideoPipeline  # noqa: E402
 from aiprod.model_dir import CheckpointError  # noqa: E402
+from aiprod.provenance import Facts, Provenance  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,18 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     try:
+        provenance = Provenance()
         pipe = VideoPipeline.from_checkpoint(args.checkpoint, device=args.device)
         frames = pipe.generate(
             args.prompt, args.language, args.seconds, args.fps, args.height, args.width, args.seed,
             steps=args.steps, guidance=args.guidance, mode=args.mode, motion=args.motion,
         )
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, ValueError) as exc:  # ValueError: also a ConfigError of provenance keys
         print(f"sample: {exc}", file=sys.stderr)
         return 2
     pipe.write_mp4(frames, args.out, args.fps)
+    provenance.sign_file(args.out, Facts("model", args.mode, args.language, args.prompt, model_version=pipe.version))
     print(json.dumps({
         "out": args.out, "frames": int(frames.shape[0]), "height": int(frames.shape[1]),
         "width": int(frames.shape[2]), "fps": args.fps, "mode": args.mode, "version": pipe.version,
+        "signed_by": provenance.keys.signer,
         **({"motion": str(pipe.motion_for(args.prompt, args.motion))} if args.mode == "emergency" else {}),
         "seconds_taken": round(time.monotonic() - started, 2),
     }))

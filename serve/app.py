@@ -26,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from aiprod.config import validate
 from aiprod.emergency import AlertRequest, load_library
+from aiprod.provenance import Facts, Provenance, SigningError, alert_prompt
 from aiprod.serving import (
     AppArgs,
     EmergencyJob,
@@ -81,6 +82,8 @@ class Ingress:
         library = load_library(self.cfg.serve.template.templates_dir)
         self.types = {name: len(library.get(name).variations) for name in library.types()}
         self.cards = FallbackRenderer(self.cfg, list(self.types))  # ready before the first emergency
+        # Every answer is signed here; missing credentials stop the deploy rather than any answer.
+        self.provenance = Provenance(self.cfg.provenance)
         api.state.max_body_bytes = self.cfg.serve.max_body_bytes
         api.state.api_key = None
         env = self.cfg.serve.api_key_env
@@ -127,7 +130,13 @@ class Ingress:
                 return validation_error_response([{"loc": ["body", "deadline_s"], "msg": result.message,
                                                    "type": "value_error", "input": deadline_s}])
             return JSONResponse({"detail": result.message}, status_code=STATUS_FOR[result.status])
-        return Response(result.mp4, media_type="video/mp4", headers={
+        facts = Facts("model", "standard", body.language, body.prompt, model_version=result.version)
+        try:
+            mp4 = await asyncio.to_thread(self.provenance.sign, result.mp4, facts)
+        except SigningError as exc:  # a standard video never leaves unsigned
+            return JSONResponse({"detail": str(exc)}, status_code=500)
+        return Response(mp4, media_type="video/mp4", headers={
+            "X-Provenance": "signed",
             "X-Model-Version": result.version,
             "X-Generation-Mode": "standard",
             "X-Generation-Seconds": f"{result.generation_s:.3f}",
@@ -148,9 +157,9 @@ class Ingress:
         try:
             return await self._alert(body, request, started)
         except Exception as exc:  # noqa: BLE001 - an emergency is never answered with an error
-            result = self.cards.default(AlertRequest(body.emergency_type), f"ingress_failed: {type(exc).__name__}",
-                                         started)
-            return self._alert_response(result, body.deadline_s or self.cfg.serve.emergency_deadline_s)
+            alert = AlertRequest(body.emergency_type)
+            result = self.cards.default(alert, f"ingress_failed: {type(exc).__name__}", started)
+            return await self._alert_response(result, alert, body.deadline_s or self.cfg.serve.emergency_deadline_s)
 
     async def _alert(self, body: EmergencyRequest, request: Request, started: float) -> Response:
         deadline_s = body.deadline_s or self.cfg.serve.emergency_deadline_s
@@ -164,7 +173,7 @@ class Ingress:
             response = self.emergency.handle.remote(job)
             try:
                 result = await asyncio.wait_for(response, budget)
-                return self._alert_response(result, deadline_s)
+                return await self._alert_response(result, alert, deadline_s)
             except BackPressureError:
                 reason = "overloaded"
             except TimeoutError:
@@ -173,10 +182,17 @@ class Ingress:
             except Exception as exc:  # noqa: BLE001 - an emergency is never answered with an error
                 reason = f"emergency_generator_failed: {type(exc).__name__}"
         render_by = started + deadline_s - self.cfg.serve.alert_margin_s
-        return self._alert_response(await self.cards.render(alert, reason, render_by), deadline_s)
+        return await self._alert_response(await self.cards.render(alert, reason, render_by), alert, deadline_s)
 
-    def _alert_response(self, result, deadline_s: float) -> Response:
+    async def _alert_response(self, result, alert: AlertRequest, deadline_s: float) -> Response:
+        template = result.mode == "template"
+        facts = Facts("template" if template else "model", result.mode, alert.language,
+                      alert_prompt(alert.emergency_type, alert.headline, alert.instructions, alert.region),
+                      model_version=None if template else result.version)
+        # Unsigned beats unanswered: a signing failure is counted (Provenance.unsigned) and logged.
+        mp4, signed = await asyncio.to_thread(self.provenance.sign_alert, result.mp4, facts)
         headers = {
+            "X-Provenance": "signed" if signed else "unsigned",
             "X-Model-Version": result.version,
             "X-Generation-Mode": result.mode,
             "X-Generation-Seconds": f"{result.generation_s:.3f}",
@@ -192,7 +208,7 @@ class Ingress:
             headers["X-Motion"] = result.motion
         if result.notes:
             headers["X-Template-Note"] = _ascii("; ".join(result.notes))
-        return Response(result.mp4, media_type="video/mp4", headers=headers)
+        return Response(mp4, media_type="video/mp4", headers=headers)
 
     # -------------------------------------------------------------------------- status
 
@@ -216,6 +232,7 @@ class Ingress:
             "emergency_types": self.types,
             "languages": self.cfg.serve.languages,
             "preset": self.cfg.preset,
+            "provenance": self.provenance.info(),
         }
 
     @api.get("/v1/health")

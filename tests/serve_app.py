@@ -36,6 +36,7 @@ OVERRIDES = [
     "serve.emergency.num_cpus=0.25",
     "serve.ingress.num_cpus=0.25",
     "serve.follow_registry_s=0.5",
+    "serve.disclosure_label=true",
 ]
 TINY = load_config("tiny", OVERRIDES)
 
@@ -125,6 +126,22 @@ def deployed_app(tmp_path_factory, name: str):
     finally:
         app.http.close()
         serve.shutdown()
+
+
+def c2pa_manifest(mp4: bytes) -> tuple[str, dict]:
+    """(validation state, active manifest's assertions by label) as the c2pa library itself reads them."""
+    import json
+
+    import c2pa
+
+    with c2pa.Reader("video/mp4", io.BytesIO(mp4)) as reader:
+        store = json.loads(reader.json())
+    manifest = store["manifests"][store["active_manifest"]]
+    return store["validation_state"], {a["label"]: a["data"] for a in manifest["assertions"]}
+
+
+def source_type(assertions: dict) -> str:
+    return assertions["c2pa.actions.v2"]["actions"][0]["digitalSourceType"].rsplit("/", 1)[-1]
 
 
 def decode(mp4: bytes) -> tuple[str, float, np.ndarray]:

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from aiprod.config import load_config
+from aiprod.provenance.disclosure import label_box, label_image
 from aiprod.serving import ModelHost, request_bucket
 from aiprod.serving.generation import Breaker
 from aiprod.serving.model_host import CURRENT, Served
-from tests.serve_app import AUTH, TINY, V1, V2, decode, deployed_app
+from tests.serve_app import AUTH, TINY, V1, V2, c2pa_manifest, decode, deployed_app, source_type
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tmp_path_factory):
@@ -48,6 +49,15 @@ def test_standard_request_returns_playable_mp4_of_requested_size(served):
     assert codec == "h264" and fps == 8
     assert frames.shape == (9, 32, 48, 3)  # 1 s at 8 fps -> 1 + 4k frames nearest 8 (the causal VAE)
     assert r.headers["x-video-frames"] == "9"
+    # Signed C2PA content credentials, and the visible label (serve.disclosure_label) in the corner.
+    assert r.headers["x-provenance"] == "signed"
+    state, assertions = c2pa_manifest(r.content)
+    assert state == "Valid" and source_type(assertions) == "trainedAlgorithmicMedia"
+    made = assertions["org.aiprod.generation"]
+    assert (made["model_version"], made["mode"], made["language"]) == (V1, "standard", "en")
+    x0, y0, x1, y1 = label_box(frames.shape, "en", TINY.serve.template)
+    label = label_image("en", 48, 32, TINY.serve.template).astype(int)
+    assert np.abs(frames[:, y0:y1, x0:x1].astype(int) - label).mean() < 40
 
 
 def test_same_shape_requests_are_batched_and_different_shapes_are_not(served):
@@ -73,6 +83,11 @@ def test_emergency_answers_within_deadline(served, language, region):
     assert "x-template-note" not in r.headers
     codec, fps, frames = decode(r.content)
     assert codec == "h264" and len(frames) / fps >= 5.0
+    assert r.headers["x-provenance"] == "signed"
+    state, assertions = c2pa_manifest(r.content)
+    assert state == "Valid" and source_type(assertions) == "trainedAlgorithmicMedia"
+    made = assertions["org.aiprod.generation"]
+    assert (made["model_version"], made["mode"], made["language"]) == (V1, "emergency", language)
 
 
 def test_the_emergency_camera_follows_the_request_or_the_headline(served):
@@ -152,6 +167,10 @@ def test_emergency_answers_from_templates_when_model_fails_or_is_slow(served):
         assert r.headers["x-fallback-reason"] == "model_failed: InjectedFault"
         codec, fps, frames = decode(r.content)
         assert codec == "h264" and len(frames) / fps >= 5.0
+        assert r.headers["x-provenance"] == "signed"
+        state, assertions = c2pa_manifest(r.content)
+        assert state == "Valid" and source_type(assertions) == "algorithmicMedia"
+        assert assertions["org.aiprod.generation"]["model_version"] is None
 
         served.deploy(fault={"emergency_model_delay_s": 30})
         start = time.monotonic()
@@ -172,6 +191,7 @@ def test_emergency_answers_from_templates_when_model_fails_or_is_slow(served):
         assert all(elapsed <= 8 for _, elapsed in answers)
         assert {resp.headers["x-generation-mode"] for resp, _ in answers} == {"template"}
         assert "overloaded" in {resp.headers["x-fallback-reason"] for resp, _ in answers}
+        assert {resp.headers["x-provenance"] for resp, _ in answers} == {"signed"}  # the ingress's own cards too
     finally:
         served.deploy()
     r = served.emergency(emergency_type="cyclone")

@@ -114,6 +114,8 @@ class ServeConfig(Section):
     retry_after_s: int = Field(5, ge=1, description="Retry-After on 503")
     video_crf: int = Field(23, ge=0, le=51, description="H.264 quality of generated videos")
     video_preset: str = Field("veryfast", description="x264 preset for generated videos")
+    disclosure_label: bool = Field(False, description="burn a short 'AI-generated' label, in the request's "
+                                   "language, into a corner of standard-mode videos (aiprod.provenance.disclosure)")
     ab: ABConfig | None = Field(None, description="optional A/B split: arm b and its share")
     fault: FaultConfig = Field(default_factory=FaultConfig)
     template: TemplateConfig = Field(default_factory=TemplateConfig)

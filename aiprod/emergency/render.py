@@ -326,10 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     request = AlertRequest(args.emergency_type, args.language, args.variation, args.headline, args.instructions,
                            args.region)
+    from aiprod.provenance import Facts, Provenance, alert_prompt
+
+    provenance = Provenance()
     alert = render_alert(request, seconds=args.seconds)
-    Path(args.out).write_bytes(alert.mp4)
+    prompt = alert_prompt(request.emergency_type, request.headline, request.instructions, request.region)
+    Path(args.out).write_bytes(provenance.sign(alert.mp4, Facts("template", "template", request.language, prompt)))
     print(f"{args.out}: {alert.template_id} {alert.frames} frames {alert.width}x{alert.height} "
-          f"in {alert.render_s:.2f}s" + "".join(f"\n  note: {n}" for n in alert.notes))
+          f"in {alert.render_s:.2f}s, signed by {provenance.keys.signer}"
+          + "".join(f"\n  note: {n}" for n in alert.notes))
     return 0
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from aiprod.config import Config
 from aiprod.emergency.render import AlertRequest, render_alert
+from aiprod.provenance.disclosure import burn_label
 from aiprod.serving.cost import CostModel, StepTimer, step_units
 from aiprod.serving.model_host import ModelHost, Served
 
@@ -167,6 +168,8 @@ def _standard_one(job: VideoJob, arm: str, served: Served | None, host: ModelHos
             )
         finally:
             cost.record(timer, units)
+        if cfg.serve.disclosure_label:
+            frames = burn_label(frames, job.language, cfg.serve.template)
         mp4 = encode(frames, job.fps, cfg)
     except GenerationAbandoned as exc:
         cost.abandon(exc.step, exc.steps)
