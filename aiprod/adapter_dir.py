@@ -43,19 +43,35 @@ def weights_sha256(uri: str | os.PathLike) -> str:
     return hashlib.sha256(storage.read_bytes(weights_file(uri))).hexdigest()
 
 
-def base_reference(init_from: str, registry_root: str, registry_cfg=None) -> dict[str, Any]:
-    """What adapter.json records of the base a run starts from: a registry reference (pointers are
-    pinned to the version they name now) with its registry, or a directory; and the weights' sha256."""
+def pin_reference(init_from: str, registry_root: str, registry_cfg=None) -> str:
+    """A registry reference (`production`, `latest`, a version) as its entry's URI, the pointer read
+    once: a run (and its restarts) trains on one base even if production moves meanwhile. Anything
+    else is returned as it is."""
     from aiprod.model_dir import is_registry_reference
 
-    if not storage.is_s3(init_from) and not Path(init_from).exists() and is_registry_reference(init_from):
-        from aiprod.registry import Registry
+    if storage.is_s3(init_from) or Path(init_from).exists() or not is_registry_reference(init_from):
+        return init_from
+    from aiprod.registry import Registry
+    from aiprod.registry.errors import VersionNotFoundError
 
-        registry = Registry(registry_root, registry_cfg)
-        version = registry.pointer(init_from) if init_from in ("production", "latest") else init_from
-        path = registry.resolve(version)
-        return {"ref": version, "registry": registry_root, "sha256": weights_sha256(path)}
-    return {"ref": init_from, "registry": None, "sha256": weights_sha256(init_from)}
+    registry = Registry(registry_root, registry_cfg)
+    version = registry.pointer(init_from) if init_from in ("production", "latest") else init_from
+    if version is None:
+        raise VersionNotFoundError(f"registry: the {init_from} pointer is not set in {registry_root}")
+    registry.resolve(version)  # exists and is intact
+    return registry.store.entry_uri(version)
+
+
+def base_reference(base_uri: str) -> dict[str, Any]:
+    """What adapter.json records of the base a run trained on: a registry entry by its version name
+    and registry root, anything else by its path; and the sha256 of its weights either way."""
+    from aiprod.registry.names import ENTRY, is_version_name
+
+    uri = str(base_uri).rstrip("/")
+    parent, _, name = uri.rpartition("/")
+    in_registry = is_version_name(name) and storage.exists(storage.join(uri, ENTRY))
+    return {"ref": name if in_registry else uri, "registry": parent if in_registry else None,
+            "sha256": weights_sha256(uri), "uri": uri}
 
 
 def resolve_base(meta: dict[str, Any], registry_root: str | None = None) -> str:
@@ -63,7 +79,7 @@ def resolve_base(meta: dict[str, Any], registry_root: str | None = None) -> str:
     `registry_root` first (the registry serving it) and then in the registry recorded at training."""
     base = meta["base"]
     ref, tried = base["ref"], []
-    if base.get("registry") or registry_root:
+    if base.get("registry"):
         from aiprod.registry import Registry
 
         for root in dict.fromkeys(r for r in (registry_root, base.get("registry")) if r):
@@ -75,13 +91,14 @@ def resolve_base(meta: dict[str, Any], registry_root: str | None = None) -> str:
             if weights_sha256(candidate) == base["sha256"]:
                 return candidate
             tried.append(f"{candidate}: weights sha256 {weights_sha256(candidate)[:12]} != {base['sha256'][:12]}")
-    elif storage.exists(ref) or storage.is_s3(ref):
-        sha = weights_sha256(ref)
+    for path in dict.fromkeys(p for p in (base.get("uri"), None if base.get("registry") else ref) if p):
+        if not storage.exists(path):
+            tried.append(f"{path}: does not exist")
+            continue
+        sha = weights_sha256(path)
         if sha == base["sha256"]:
-            return ref
-        tried.append(f"{ref}: weights sha256 {sha[:12]} != {base['sha256'][:12]}")
-    else:
-        tried.append(f"{ref}: does not exist")
+            return path
+        tried.append(f"{path}: weights sha256 {sha[:12]} != {base['sha256'][:12]}")
     raise AdapterBaseError(f"adapter base {ref!r} (sha256 {base['sha256'][:12]}) not found: " + "; ".join(tried))
 
 
@@ -114,8 +131,9 @@ def merged_weights(uri: str | os.PathLike, registry_root: str | None = None) -> 
 
 
 def save(directory: str | os.PathLike, adapter: dict[str, torch.Tensor], spec: dict[str, Any],
-         base: dict[str, Any], cfg, version: str) -> str:
-    """Write an adapter directory (locally by rename of a finished temp dir; on S3 manifest last)."""
+         base: dict[str, Any], cfg, version: str, extra: dict[str, dict[str, torch.Tensor]] | None = None) -> str:
+    """Write an adapter directory (locally by rename of a finished temp dir; on S3 manifest last).
+    `extra`: more safetensors files beside the adapter, by file name (final/'s raw.safetensors)."""
     from aiprod import model_dir
     from aiprod.manifest import write_manifest
 
@@ -124,6 +142,8 @@ def save(directory: str | os.PathLike, adapter: dict[str, torch.Tensor], spec: d
                                                                         "config_hash": cfg.hash()})
         (tmp / ADAPTER_META).write_text(json.dumps({"spec": spec, "base": base, "version": version}, indent=1))
         (tmp / model_dir.CONFIG).write_text(cfg.to_yaml(), encoding="utf-8")
+        for name, tensors in (extra or {}).items():
+            model_dir.write_weights(tensors, tmp / name)
         write_manifest(tmp)
 
     return str(model_dir.publish(directory, fill))

@@ -49,9 +49,10 @@ def write_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, metad
 
 
 def save(directory: str | os.PathLike, state: dict[str, torch.Tensor], cfg: Config,
-         version: str = DEFAULT_VERSION) -> str | Path:
-    """Write weights + config + manifest as one model directory, replacing any there (publish)."""
-    return publish(directory, lambda tmp: _write_local(tmp, state, cfg, version))
+         version: str = DEFAULT_VERSION, extra: dict[str, dict[str, torch.Tensor]] | None = None) -> str | Path:
+    """Write weights + config + manifest as one model directory, replacing any there (publish).
+    `extra`: more safetensors files beside the weights, by file name (final/'s raw.safetensors)."""
+    return publish(directory, lambda tmp: _write_local(tmp, state, cfg, version, extra))
 
 
 def publish(directory: str | os.PathLike, fill) -> str | Path:
@@ -74,11 +75,14 @@ def publish(directory: str | os.PathLike, fill) -> str | Path:
     return Path(target)
 
 
-def _write_local(directory: Path, state: dict[str, torch.Tensor], cfg: Config, version: str) -> None:
+def _write_local(directory: Path, state: dict[str, torch.Tensor], cfg: Config, version: str,
+                 extra: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     write_weights(state, directory / WEIGHTS, metadata={"version": version, "config_hash": cfg.hash()})
     (directory / CONFIG).write_text(cfg.to_yaml(), encoding="utf-8")
-    for name in (WEIGHTS, CONFIG):
+    for name, tensors in (extra or {}).items():
+        write_weights(tensors, directory / name)
+    for name in (WEIGHTS, CONFIG, *(extra or {})):
         _fsync(directory / name)
     write_manifest(directory)
     storage.fsync_dir(directory)

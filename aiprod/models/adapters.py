@@ -54,6 +54,13 @@ class AdapterSpec:
                 "targets": list(self.targets), "text_encoder": self.text_encoder}
 
     @classmethod
+    def from_config(cls, train: Any) -> AdapterSpec:
+        """From TrainConfig: train.mode (lora | dora) and train.adapter."""
+        a = train.adapter
+        return cls(mode=train.mode, rank=a.rank, alpha=a.alpha, dropout=a.dropout,
+                   targets=tuple(a.target_modules), text_encoder=a.text_encoder)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdapterSpec:
         return cls(mode=data["mode"], rank=int(data["rank"]), alpha=float(data["alpha"]),
                    dropout=float(data.get("dropout", 0.0)), targets=tuple(data["targets"]),
@@ -142,7 +149,10 @@ def merged_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Trainable and total parameters, and the bytes AdamW keeps for the trainable ones (fp32
     master copy + two moments = 12 bytes each; +2 more for the 16-bit weights under bf16/fp16)."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    def numel(p: torch.Tensor) -> int:
+        return getattr(p, "ds_numel", None) or p.numel()  # ZeRO-3 leaves a partitioned param empty
+
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(numel(p) for p in model.parameters())
     return {"trainable": trainable, "total": total, "optimizer_state_bytes": 12 * trainable,
             "gradient_bytes": 4 * trainable}

@@ -4,6 +4,8 @@ A checkpoint directory (`RUN/checkpoint-<global step>-p<phase>-<attempt>/`) hold
     deepspeed/state/...       every rank's DeepSpeed files (model + ZeRO optimizer shards)
     rng/rank0000.pt ...       every rank's RNG states (torch, numpy, python, data generator)
     probe/rank0000.pt ...     every rank's probe batch (mid-phase checkpoints)
+    ema/rank0000.pt ...       every rank's EMA shards (mid-phase, train.ema_decay); ema.safetensors
+                              the gathered EMA weights (phase ends)
     model.safetensors         the consolidated VideoModel weights (loadable without DeepSpeed)
     config.yaml, state.json   resolved config; phase, step, epoch, best loss, curriculum, seeds
     MANIFEST.sha256           sha256 of every file above, from all ranks
@@ -103,13 +105,23 @@ def _local_hashes(root: Path) -> dict[str, str]:
 def write_checkpoint(
     local_dir: Path, engine: Any | None, full_state: dict[str, torch.Tensor] | None, state: dict[str, Any],
     config_yaml: str, generator: torch.Generator, rank: int, probe: dict[str, Any] | None = None,
+    ema: dict[str, Any] | None = None, ema_full: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write this rank's part of a checkpoint into `local_dir` (collective: every rank calls it).
 
     `engine` may be None (no DeepSpeed state, e.g. a checkpoint between phases); rank 0 passes the
     consolidated `full_state`. `probe` (this rank's probe batch, mid-phase) is kept as uint8 so a
-    resumed phase measures its end loss on the same clips as its start loss."""
+    resumed phase measures its end loss on the same clips as its start loss. `ema`: this rank's EMA
+    shards (mid-phase); `ema_full`: the gathered EMA (rank 0, at a phase end)."""
     import torch.distributed as dist
+
+    from aiprod.training.ema import EMA_DIR, EMA_WEIGHTS
+
+    if ema is not None:
+        (local_dir / EMA_DIR).mkdir(parents=True, exist_ok=True)
+        torch.save(ema, local_dir / EMA_DIR / f"rank{rank:04d}.pt")
+    if ema_full is not None and rank == 0:
+        model_dir.write_weights(ema_full, local_dir / EMA_WEIGHTS)
 
     if probe is not None:
         (local_dir / PROBE_DIR).mkdir(parents=True, exist_ok=True)
@@ -244,6 +256,23 @@ def load_rng(local_dir: Path, rank: int, generator: torch.Generator) -> bool:
         return False
     restore_rng(torch.load(file, map_location="cpu", weights_only=False), generator)
     return True
+
+
+def load_ema_shards(local_dir: Path, rank: int) -> dict[str, Any] | None:
+    from aiprod.training.ema import EMA_DIR
+
+    file = local_dir / EMA_DIR / f"rank{rank:04d}.pt"
+    return torch.load(file, map_location="cpu", weights_only=True) if file.exists() else None
+
+
+def read_ema_full(checkpoint_uri: str) -> dict[str, torch.Tensor] | None:
+    """A phase-end checkpoint's gathered EMA weights (None when it has none)."""
+    from safetensors.torch import load
+
+    from aiprod.training.ema import EMA_WEIGHTS
+
+    path = storage.join(checkpoint_uri, EMA_WEIGHTS)
+    return load(storage.read_bytes(path)) if storage.exists(path) else None
 
 
 def load_probe(local_dir: Path, rank: int) -> dict[str, Any] | None:

@@ -35,10 +35,12 @@ from torch import nn
 
 from aiprod import model_dir, storage
 from aiprod.config import Config, validate
+from aiprod.models.adapters import AdapterSpec, add_adapters, is_adapted_state
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.batches import PhaseBatches
 from aiprod.training.collectives import all_gather, broadcast
 from aiprod.training.curriculum import Curriculum
+from aiprod.training.ema import ShardedEMA
 from aiprod.training.engine import PhaseEngine, destroy_engine, gathered_state_dict, worker_device
 from aiprod.training.faults import FaultInjector
 from aiprod.training.phase import PROBE_SEED_OFFSET, BadData, PhaseTrainer, Rollback
@@ -74,10 +76,12 @@ class RankTrainer:
         self.reported: set[str] = set()  # checkpoints this worker group has fully reported
         self.rollbacks = 0
         self.generator = torch.Generator(device=self.device)
-        self.logger = RunLogger(self.run_uri) if self.rank == 0 else None
+        self.logger = RunLogger(self.run_uri, self.cfg.train.anomaly) if self.rank == 0 else None
         self.outputs = RunOutputs(self.cfg, self.run_uri, self.session, self.world, nodes)
         self.config_yaml = self.cfg.to_yaml()
         self.phase_engine: PhaseEngine | None = None
+        self.ema: ShardedEMA | None = None  # the denoiser phase's EMA (train.ema_decay)
+        self.ema_full: dict[str, torch.Tensor] | None = None  # the last phase end's gathered EMA
         self.best_state: dict[str, torch.Tensor] | None = None
         self.model: nn.Module
         self.cur: Curriculum
@@ -131,7 +135,7 @@ class RankTrainer:
         import ray.train
 
         if self.rank == 0:
-            final = self.outputs.write_final(self.model, self.cur)
+            final = self.outputs.write_final(self.model, self.cur, self.ema_full)
             self.say(f"final model: {final}")
             self.logger.close()
         ray.train.report({"global_step": self.cur.global_step, "finished": True})
@@ -139,10 +143,16 @@ class RankTrainer:
     # ------------------------------------------------------------------- model / state
 
     def fresh_model(self, weights: dict[str, torch.Tensor] | None) -> nn.Module:
+        """The VideoModel on this rank's device from `weights` (None: the seeded initial weights). In
+        adapter modes it carries LoRA/DoRA layers: plain weights (the base) get freshly initialised
+        adapters, adapted weights (a checkpoint of this run) are loaded into them."""
         from aiprod.models import build_model
 
         torch.manual_seed(self.cfg.train.seed)  # the same initial weights on every rank
         model = build_model(self.cfg.model)
+        adapted = weights is not None and is_adapted_state(weights)
+        if self.cfg.train.mode != "full" and adapted:
+            model = add_adapters(model, self.adapter_spec, seed=self.cfg.train.seed)
         if weights is not None:
             from aiprod.diffusion.latents import STAT_KEYS
 
@@ -157,9 +167,15 @@ class RankTrainer:
             except ValueError as exc:
                 raise ValueError(f"train.init_from / resumed weights: {exc}") from None
             model.load_state_dict(weights, strict=True)
+        if self.cfg.train.mode != "full" and not adapted:
+            model = add_adapters(model, self.adapter_spec, seed=self.cfg.train.seed)
         model.denoiser.set_activation_checkpointing(
             self.cfg.train.activation_checkpointing or self.cfg.model.denoiser.activation_checkpointing)
         return model.to(self.device)
+
+    @property
+    def adapter_spec(self) -> AdapterSpec:
+        return AdapterSpec.from_config(self.cfg.train)
 
     def seed_rng(self) -> None:
         seed = self.cfg.train.seed * 1000 + self.rank
@@ -185,6 +201,7 @@ class RankTrainer:
         found = broadcast(found)
         self.resume_uri = self.carry_uri = None
         self.probe = None
+        self.ema = self.ema_full = None
         self.seed_rng()
         if found is None:
             self.cur = Curriculum(self.cfg.curriculum, self.start_phase, self.end_phase)
@@ -207,6 +224,8 @@ class RankTrainer:
             self.resume_uri = uri  # DeepSpeed state is loaded with the phase engine
         elif not self.cur.finished and ckpt.has_engine_state(uri):
             self.carry_uri = uri  # a phase-end checkpoint: the next phase may keep its optimizer state
+        if not mid_phase:  # mid-phase, every rank's EMA shards are loaded with the phase engine
+            self.ema_full = ckpt.read_ema_full(uri)
         with ckpt.local_copy(uri) as local:
             ckpt.load_rng(local, self.rank, self.generator)
             record = ckpt.load_probe(local, self.rank) if mid_phase else None
@@ -229,10 +248,12 @@ class RankTrainer:
                       "probe_seed": self.cfg.train.seed + PROBE_SEED_OFFSET},
         }
 
-    def save(self, why: str, full_state: dict[str, torch.Tensor] | None = None) -> str:
+    def save(self, why: str, full_state: dict[str, torch.Tensor] | None = None,
+             ema_full: dict[str, torch.Tensor] | None = None) -> str:
         """A checkpoint of the current state, reported through Ray Train (collective); its URI."""
         import ray.train
 
+        started = time.monotonic()
         engine = self.phase_engine.engine if self.phase_engine is not None else None
         if full_state is None:
             trained = gathered_state_dict(self.phase_engine) if self.phase_engine is not None else None
@@ -243,11 +264,14 @@ class RankTrainer:
         last_loss = next((p.losses[-1] for p in reversed(seen) if p.losses), None)
         metrics = {"global_step": self.cur.global_step, "phase": self.cur.current, "why": why, "loss": last_loss}
         with tempfile.TemporaryDirectory(prefix="aiprod-ckpt-") as tmp:
+            mid_phase = why == "interval"
             ckpt.write_checkpoint(Path(tmp), engine, full_state, self.state(), self.config_yaml, self.generator,
-                                  self.rank, self.probe_record() if why == "interval" else None)
+                                  self.rank, self.probe_record() if mid_phase else None,
+                                  ema=self.ema.state_dict() if mid_phase and self.ema is not None else None,
+                                  ema_full=ema_full)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
         self.reported.add(name)
-        self.log({"event": "checkpoint", "name": name, "why": why})
+        self.log({"event": "checkpoint", "name": name, "why": why, "seconds": round(time.monotonic() - started, 3)})
         if self.logger is not None:
             self.logger.sync()
         return storage.join(self.run_uri, name)

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from aiprod.models.adapters import parameter_counts
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.batches import BAD_DATA, BATCH
 from aiprod.training.collectives import all_gather, all_reduce
 from aiprod.training.curriculum import is_finite, planned_steps
+from aiprod.training.ema import ShardedEMA
 from aiprod.training.engine import autocast, build_engine, destroy_engine, gathered_state_dict
 from aiprod.training.phase_module import PhaseModule, set_trainable
 from aiprod.training.progress import ProgressMeter
@@ -54,7 +56,7 @@ class PhaseTrainer:
         """Trainable parts, latent statistics, and the phase's engine (with resumed or carried state)."""
         run, i, phase, prog = self.run, self.index, self.phase, self.prog
         prog.planned_steps = planned_steps(phase, run.steps_per_epoch.get(i))
-        set_trainable(run.model, phase.component)
+        set_trainable(run.model, phase.component, adapters_only=self.cfg.train.mode != "full")
         if phase.component == "vae" and prog.step == 0:
             run.model.vae.reset_latent_stats()  # measured again once this VAE is trained
         elif self.from_cache:
@@ -64,19 +66,42 @@ class PhaseTrainer:
         self.module = PhaseModule(run.model, phase, self.cfg, from_latents=self.from_cache)
         run.phase_engine = build_engine(self.module, self.cfg.train, phase, run.world, prog.planned_steps,
                                         prog.lr_scale)
+        ema_shards = None
         if run.resume_uri is not None:
             with ckpt.local_copy(run.resume_uri) as local:
                 ckpt.load_engine_state(run.phase_engine.engine, local)
+                ema_shards = ckpt.load_ema_shards(local, run.rank)
             run.resume_uri = None
         elif run.carry_uri is not None and run.keeps_optimizer(i):
             with ckpt.local_copy(run.carry_uri) as local:
                 ckpt.load_engine_state(run.phase_engine.engine, local, lr_scheduler=False)  # its own LR schedule
             run.say(f"phase {i}: optimizer state carried over from phase {i - 1}")
         run.carry_uri = None
+        self.start_ema(ema_shards)
         run.phase_engine.set_lr_scale(prog.lr_scale)
+        counts = parameter_counts(self.module)
+        run.say(f"phase {i}: {counts['trainable']:,} of {counts['total']:,} parameters train "
+                f"({self.cfg.train.mode}); AdamW state {counts['optimizer_state_bytes'] / 2**20:.2f} MiB")
         run.say(f"phase {i} '{phase.name}' ({phase.component}): up to {prog.planned_steps} steps, "
                 f"from step {prog.step}, lr {phase.lr:g} x {prog.lr_scale:g}, {run.world} workers, "
                 f"ZeRO-{self.cfg.train.zero_stage}, {self.cfg.train.precision}")
+
+    def start_ema(self, shards: dict[str, Any] | None) -> None:
+        """train.ema_decay in a denoiser phase: the EMA resumed from this rank's shards, else started
+        from the previous phase's EMA where it has the same weights, else from the weights now."""
+        run = self.run
+        run.ema = None
+        if not self.cfg.train.ema_decay or self.phase.component != "denoiser":
+            return
+        run.ema = ShardedEMA(run.phase_engine.engine, self.cfg.train.ema_decay)
+        if shards is not None:
+            run.ema.load_state_dict(shards)
+            how = f"resumed ({run.ema.updates} updates)"
+        elif run.ema_full is not None:
+            how = f"from the previous phase's EMA ({run.ema.start_from(run.ema_full)} tensors)"
+        else:
+            how = "from the current weights"
+        run.say(f"phase {self.index}: EMA of the trained weights, decay {run.ema.decay:g}, {how}")
 
     def use_latent_cache(self) -> None:
         """Check that the run's VAE made the cache, then take the statistics it was normalised with."""
@@ -173,6 +198,8 @@ class PhaseTrainer:
         before = engine.global_steps
         engine.backward(loss)
         engine.step()
+        if run.ema is not None and engine.global_steps != before:
+            run.ema.update()
         self.meter.add(self.phase.batch_size * run.world, wait)
         self.step_losses.append(value)
         for key, part in parts.items():
@@ -192,8 +219,8 @@ class PhaseTrainer:
         stats = self.meter.stats(prog.step)
         run.log({"phase": self.index, "phase_name": prog.name, "step": prog.step, "loss": loss, "lr": engine.lr,
                  **{f"loss_{k}": v for k, v in parts.items()}, "samples_per_s": stats["samples_per_s"],
-                 "data_wait_share": stats["data_wait_share"], "nan_skipped": prog.nan_skipped,
-                 "nan_rollbacks": prog.nan_rollbacks})
+                 "data_wait_share": stats["data_wait_share"], "eta_s": stats["eta_s"],
+                 "nan_skipped": prog.nan_skipped, "nan_rollbacks": prog.nan_rollbacks})
         if self.meter.due():
             run.say(self.meter.line(self.index, prog.name, prog.step, loss, engine.lr, engine.schedule.time_fraction))
         run.faults.maybe_kill(self.cur.global_step)
@@ -257,10 +284,14 @@ class PhaseTrainer:
         if probe is not None:
             self.prog.probe_end = self.probe_loss(probe)
         full = ckpt.model_state(run.model, gathered_state_dict(run.phase_engine))  # collective under ZeRO-3
+        if run.ema is not None:
+            run.ema_full = run.ema.full_state()  # collective under ZeRO-3
+            run.ema = None
         prog = self.cur.finish_phase(reason, self.prog.trained_s + time.monotonic() - self.started)
         if not self.cur.finished:
             self.data.prefetch(self.cur.current)
-        run.carry_uri = run.save("phase_end", full_state=full)  # every rank passes it: no second gather
+        # every rank passes them: no second gather
+        run.carry_uri = run.save("phase_end", full_state=full, ema_full=run.ema_full)
         destroy_engine(run.phase_engine)
         run.phase_engine = None
         run.model = run.fresh_model(full)  # plain modules again, full weights on every rank

@@ -42,12 +42,17 @@ class PhaseModule(nn.Module):
         return loss_fn(self._model, inputs, captions, self._schedule, self._diffusion_cfg, generator), {}
 
 
-def set_trainable(model: nn.Module, component: str) -> None:
-    """Gradients and train mode for the phase's component only; a frozen VAE stays in eval mode."""
+def set_trainable(model: nn.Module, component: str, adapters_only: bool = False) -> None:
+    """Gradients and train mode for the phase's component only (with `adapters_only`, for its
+    LoRA/DoRA parameters only); a frozen VAE stays in eval mode."""
     model.requires_grad_(False)
     trained = [model.vae] if component == "vae" else [model.denoiser, model.text]
     for module in trained:
         module.requires_grad_(True)
         module.train()
+    if adapters_only:
+        from aiprod.models.adapters import mark_adapters_trainable
+
+        mark_adapters_trainable(model)
     if component != "vae":
         model.vae.eval()

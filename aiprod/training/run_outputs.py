@@ -59,6 +59,7 @@ class RunOutputs:
 
     def __init__(self, cfg: Config, run_uri: str, session: str, world: int, nodes: list[str]):
         self.cfg, self.run_uri, self.session, self.world, self.nodes = cfg, run_uri, session, world, nodes
+        self.final_weights: str | None = None  # which weights final/ holds: raw or ema (set once written)
 
     def phase_end(self, i: int, phase: PhaseConfig, prog: PhaseProgress, frames: np.ndarray | None,
                   best_state: dict[str, torch.Tensor] | None) -> None:
@@ -94,21 +95,48 @@ class RunOutputs:
         summary = {"run": self.run_uri, "session": self.session, "status": status, **({"error": error} if error else {}),
                    "config_hash": self.cfg.hash(), "preset": self.cfg.preset, "workers": self.world,
                    "worker_nodes": self.nodes, "zero_stage": self.cfg.train.zero_stage,
-                   "precision": self.cfg.train.precision, **cur.summary()}
+                   "precision": self.cfg.train.precision, "mode": self.cfg.train.mode,
+                   "ema_decay": self.cfg.train.ema_decay, "final_weights": self.final_weights, **cur.summary()}
         write_file(self.run_uri, SUMMARY_FILE, json.dumps(summary, indent=1, default=float).encode())
 
-    def write_final(self, model: nn.Module, cur: Curriculum) -> str:
-        """final/ (a model directory), a sample at the last trained denoiser phase's shape (a run
-        that trained no denoiser has none), and summary.json as finished."""
-        from aiprod.diffusion.pipeline import VideoPipeline
+    def write_final(self, model: nn.Module, cur: Curriculum, ema: dict[str, torch.Tensor] | None = None) -> str:
+        """final/ (a model directory; an adapter directory in train.mode lora/dora), a sample at the
+        last trained denoiser phase's shape (a run that trained no denoiser has none), and
+        summary.json as finished. With an EMA, final/ holds the EMA weights and raw.safetensors the
+        raw ones (train.export_ema), or the other way round with ema.safetensors."""
+        from aiprod.training.checkpoint import model_state
 
         final = storage.join(self.run_uri, FINAL_DIR)
         model.eval()
-        VideoPipeline(self.cfg, model).save_pretrained(final)
+        raw = model_state(model, None)
+        chosen, other_name, other = raw, None, None
+        if ema is not None:
+            averaged = {**raw, **ema}
+            chosen, other_name, other = ((averaged, "raw", raw) if self.cfg.train.export_ema
+                                         else (raw, "ema", averaged))
+        self.final_weights = "ema" if chosen is not raw else "raw"
+        extra = {f"{other_name}.safetensors": other} if other is not None else None
+        if self.cfg.train.mode == "full":
+            model_dir.save(final, chosen, self.cfg, extra=extra)
+        else:
+            self.write_adapter(final, chosen, extra)
         trained = [i for i in range(cur.start, cur.end + 1)
                    if cur.phases[i].component == "denoiser" and cur.phases[i].step > 0]
         if trained:
+            if chosen is not raw:
+                model.load_state_dict(chosen)
             last = self.cfg.curriculum.phases[trained[-1]]
             self.write_video(sample_clip(self.cfg, model, last), "samples/final", last.fps)
         self.write_summary(cur, "finished")
         return final
+
+    def write_adapter(self, final: str, state: dict[str, torch.Tensor],
+                      extra: dict[str, dict[str, torch.Tensor]] | None) -> None:
+        """final/ as an adapter directory: the adapter tensors only, naming the base they sit on."""
+        from aiprod import adapter_dir
+        from aiprod.models.adapters import AdapterSpec, adapter_state
+
+        spec = AdapterSpec.from_config(self.cfg.train).to_dict()
+        base = adapter_dir.base_reference(self.cfg.train.init_from)
+        adapter_dir.save(final, adapter_state(state), spec, base, self.cfg, model_dir.DEFAULT_VERSION,
+                         extra={k: adapter_state(v) for k, v in (extra or {}).items()})

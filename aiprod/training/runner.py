@@ -72,8 +72,12 @@ def check_config(cfg: Config, opts: RunOptions, plan: WorkerPlan) -> None:
             problems.append(f"{where}: {exc}")
     if cfg.model.vae.vgg16_weights and not Path(cfg.model.vae.vgg16_weights).is_file():
         problems.append(f"model.vae.vgg16_weights: no file at {cfg.model.vae.vgg16_weights}")
-    if cfg.train.init_from and not storage.exists(storage.join(cfg.train.init_from, model_dir.WEIGHTS)):
+    if cfg.train.init_from and not storage.exists(model_dir.weights_file(cfg.train.init_from)):
         problems.append(f"train.init_from: no {model_dir.WEIGHTS} in {cfg.train.init_from}")
+    if cfg.train.mode != "full":
+        problems += [f"curriculum.phases.{i} '{phases[i].name}' trains the VAE: train.mode={cfg.train.mode} trains "
+                     f"adapters on the denoiser only; run the denoiser phases (--start-phase)"
+                     for i in range(max(0, opts.start_phase), min(end, last) + 1) if phases[i].component == "vae"]
     problems += check_data(cfg, opts, end)
     if problems:
         raise ConfigError("\n".join(p if p.startswith("config:") else f"config: {p}" for p in problems))
@@ -157,6 +161,10 @@ def run_curriculum(cfg: Config, opts: RunOptions, callbacks: Sequence[Any] = ())
     opts = replace(opts, data=storage.absolute(opts.data))
     uri = run_uri(opts)
     cfg, plan = plan_workers(cfg, opts.workers)
+    if cfg.train.init_from:
+        from aiprod.adapter_dir import pin_reference
+
+        cfg.train.init_from = pin_reference(cfg.train.init_from, cfg.registry.root, cfg.registry)
     check_config(cfg, opts, plan)
     report_truncation(opts.data, cfg.model.text)  # "captions: en 0.0% truncated at max_length 64, ..."
     end = len(cfg.curriculum.phases) - 1 if opts.end_phase is None else opts.end_phase
