@@ -161,6 +161,8 @@ def test_write_mp4_reads_back_with_pyav(pipe, tmp_path):
 
 
 def test_sample_cli_end_to_end(checkpoint, tmp_path):
+    from aiprod.provenance import verify_file
+
     out = tmp_path / "cli.mp4"
     cmd = [sys.executable, str(ROOT / "jobs" / "sample.py"), "--checkpoint", str(checkpoint),
            "--prompt", "flood warning", "--out", str(out), "--seconds", "1", "--fps", "8",
@@ -172,6 +174,9 @@ def test_sample_cli_end_to_end(checkpoint, tmp_path):
     assert report["frames"] == 9 and report["mode"] == "emergency" and report["version"] == "v0.1.0-test"
     frames, rate, _, _ = _read_mp4(out)
     assert len(frames) == 9 and frames[0].shape == (32, 32, 3) and rate == 8
+    verdict = verify_file(out)  # signed C2PA content credentials (aiprod.provenance)
+    assert verdict["valid"] and verdict["source_type"] == "trainedAlgorithmicMedia"
+    assert (verdict["model_version"], verdict["mode"]) == ("v0.1.0-test", "emergency")
     bad = subprocess.run([*cmd, "--height", "30"], capture_output=True, text=True, timeout=300, env=env)
     assert bad.returncode == 2 and "height must be a positive multiple" in bad.stderr
 
