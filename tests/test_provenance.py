@@ -119,6 +119,10 @@ def test_configured_keys_come_from_files_or_environment_variables(dev_dir, video
         load_keys(ProvenanceConfig(cert="env:TEST_C2PA_CERT", key="env:TEST_C2PA_KEY"))
     with pytest.raises(ProvenanceKeyError, match="provenance.key"):
         load_keys(ProvenanceConfig(cert=chain, key=chain))  # a certificate is not a key
+    other = load_keys(ProvenanceConfig(dev_dir=str(tmp_path / "other-machine")))
+    (tmp_path / "other-key.pem").write_bytes(other.key_pem)
+    with pytest.raises(ProvenanceKeyError, match="does not belong to the first certificate"):
+        load_keys(ProvenanceConfig(cert=chain, key=str(tmp_path / "other-key.pem")))
 
 
 def test_the_cluster_preset_requires_a_configured_certificate(monkeypatch):

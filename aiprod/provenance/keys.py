@@ -59,15 +59,22 @@ def _read_source(value: str, field: str) -> tuple[bytes, str]:
         raise ProvenanceKeyError(f"config: provenance.{field}: cannot read {path}: {exc.strerror}") from None
 
 
-def _algorithm(key_pem: bytes, source: str) -> str:
+def _algorithm(key_pem: bytes, chain_pem: bytes, source: str) -> str:
+    """c2pa's algorithm name for the key, once it is known to belong to the chain's first certificate."""
+    from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
 
     try:
         key = load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as exc:
         raise ProvenanceKeyError(f"config: provenance.key ({source}) is not an unencrypted PEM private key: "
                                  f"{exc}") from None
+    der = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    signer_public = x509.load_pem_x509_certificates(chain_pem)[0].public_key()
+    if key.public_key().public_bytes(*der) != signer_public.public_bytes(*der):
+        raise ProvenanceKeyError(f"config: provenance.key ({source}) does not belong to the first certificate of "
+                                 f"provenance.cert (the signer's own certificate must come first)")
     if isinstance(key, ec.EllipticCurvePrivateKey):
         by_curve = {"secp256r1": "es256", "secp384r1": "es384", "secp521r1": "es512"}
         if key.curve.name in by_curve:
@@ -109,11 +116,12 @@ def load_keys(cfg: ProvenanceConfig) -> SigningKeys:
         directory = dev_credentials(cfg.dev_dir)
         chain, key_pem = (directory / DEV_CHAIN).read_bytes(), (directory / DEV_KEY).read_bytes()
         source = str(directory)
-        return SigningKeys(chain, key_pem, _algorithm(key_pem, source), _signer_name(chain, source), True, source)
+        signer = _signer_name(chain, source)
+        return SigningKeys(chain, key_pem, _algorithm(key_pem, chain, source), signer, True, source)
     chain, cert_source = _read_source(cert, "cert")
     key_pem, key_source = _read_source(key, "key")
-    return SigningKeys(chain, key_pem, _algorithm(key_pem, key_source), _signer_name(chain, cert_source), False,
-                       cert_source)
+    signer = _signer_name(chain, cert_source)  # first: says when the chain holds no certificate
+    return SigningKeys(chain, key_pem, _algorithm(key_pem, chain, key_source), signer, False, cert_source)
 
 
 def dev_credentials(dev_dir: str) -> Path:
@@ -157,7 +165,8 @@ def _make_dev_credentials() -> dict[str, bytes]:
     now = datetime.datetime.now(datetime.timezone.utc)
     start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=365 * DEV_YEARS)
     ca_key, signer_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("AIPROD development CA")).issuer_name(name("AIPROD development CA"))
+    ca_name = name("AIPROD development CA")
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(start).not_valid_after(end)
           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)

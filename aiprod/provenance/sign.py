@@ -105,7 +105,8 @@ class Provenance:
         try:
             self._signer = c2pa.Signer.from_info(info)
         except c2pa.C2paError as exc:
-            raise SigningError(f"provenance: the certificate and key from {self.keys.source} cannot sign: {exc}") from exc
+            raise SigningError(f"provenance: the certificate and key from {self.keys.source} cannot sign: "
+                               f"{exc}") from exc
         self._lock = threading.Lock()  # one native signer, used from the ingress's threads
         self.signed = 0
         self.unsigned = 0  # emergency answers that went out without a manifest (sign_alert)
@@ -119,9 +120,9 @@ class Provenance:
         try:
             with self._lock, c2pa.Builder(manifest) as builder:
                 builder.sign(self._signer, MP4, io.BytesIO(mp4), out)
+                self.signed += 1
         except c2pa.C2paError as exc:
             raise SigningError(f"provenance: signing failed: {type(exc).__name__}: {exc}") from exc
-        self.signed += 1
         return out.getvalue()
 
     def sign_alert(self, mp4: bytes, facts: Facts) -> tuple[bytes, bool]:
@@ -130,7 +131,8 @@ class Provenance:
         try:
             return self.sign(mp4, facts), True
         except Exception as exc:  # noqa: BLE001 - an emergency is never answered with an error
-            self.unsigned += 1
+            with self._lock:
+                self.unsigned += 1
             log.warning("emergency alert answered unsigned (%d so far): %s: %s", self.unsigned,
                         type(exc).__name__, exc)
             return mp4, False
