@@ -25,8 +25,6 @@ class ProvenanceConfig(Section):
     dev_dir: str = Field("~/.aiprod/provenance", description="where the development certificate is kept")
     prompt: Literal["sha256", "omit", "text"] = Field(
         "sha256", description="what the manifest records of the prompt: its sha256, nothing, or the text itself")
-    tsa_url: str | None = Field(None, description="RFC 3161 timestamp authority the signature is countersigned "
-                                "by (needs network); None = the signing time is the manifest's own claim")
 
     @model_validator(mode="after")
     def _keys_configured(self) -> ProvenanceConfig:

@@ -101,7 +101,8 @@ class Provenance:
 
         self.cfg = cfg or ProvenanceConfig()
         self.keys = load_keys(self.cfg)
-        info = c2pa.C2paSignerInfo(self.keys.algorithm, self.keys.chain_pem, self.keys.key_pem, self.cfg.tsa_url)
+        # No timestamp authority: that would put a network call, and its delays, into every alert's answer.
+        info = c2pa.C2paSignerInfo(self.keys.algorithm, self.keys.chain_pem, self.keys.key_pem, None)
         try:
             self._signer = c2pa.Signer.from_info(info)
         except c2pa.C2paError as exc:
