@@ -26,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from aiprod.config import validate
 from aiprod.emergency import AlertRequest, load_library
+from aiprod.monitoring import serve_metrics
 from aiprod.provenance import Facts, Provenance, SigningError, alert_prompt
 from aiprod.serving import (
     AppArgs,
@@ -51,6 +52,7 @@ api = FastAPI(
     version="1",
 )
 install(api)  # every route below: key, then body cap, then strict JSON; 422s that cannot fail
+serve_metrics.install(api)  # every answer counted and timed (Prometheus, through Ray's metrics agent)
 STATUS_FOR = {"deadline": 504, "no_model": 503, "bad_request": 422, "failed": 500}
 
 

@@ -18,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "aiprod-test"
+METRICS_REPORT_MS = 2000  # how often workers push metrics to the agent (Ray's default: 10 s)
 
 
 def free_port() -> int:
@@ -92,9 +93,18 @@ def ray_cluster(s3_endpoint, tmp_path_factory):
             include_dashboard=False,
             runtime_env=local_runtime_env(),  # as the jobs' own local clusters
             log_to_driver=True,
+            _metrics_export_port=free_port(),  # Ray's metrics agent, scraped by tests/test_monitoring.py
+            _system_config={"metrics_report_interval_ms": METRICS_REPORT_MS},
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_metrics_url(ray_cluster) -> str:
+    """The Prometheus endpoint of the session cluster's metrics agent."""
+    port = ray_cluster._private.worker.global_worker.node.metrics_export_port
+    return f"http://127.0.0.1:{port}/metrics"
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aiprod.config import Config, FaultConfig
+from aiprod.monitoring import serve_metrics
 from aiprod.serving.schemas import UserConfig
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class ModelHost:
     def _failed(self, spec: str, message: str) -> None:
         """Back off from a moving pointer whose version fails to load: load_retry_s, doubling per
         failure of the same target up to load_retry_max_s (an S3 entry is a full download per try)."""
+        serve_metrics.model_load_failed(spec)
         if spec not in MOVING_REFS:
             return
         try:
@@ -161,6 +163,7 @@ class ModelHost:
             for spec in set(self.load_failures) - failed:
                 del self.load_failures[spec]
             self.a, self.b, self.fraction = a, b, fraction
+            serve_metrics.model_serving(a, b, fraction)
             self.fault = user.fault
             self.user = user
             self.error = "; ".join(errors) or None

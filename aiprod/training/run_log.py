@@ -15,16 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from aiprod import storage
+from aiprod.config.training import AnomalyConfig
+from aiprod.monitoring.training_metrics import TrainingMonitor
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
 class RunLogger:
-    """metrics.jsonl + TensorBoard scalars under `run_uri` (rank 0 only)."""
+    """metrics.jsonl + TensorBoard scalars under `run_uri` (rank 0 only); every record also sets the
+    run's Prometheus metrics, and loss anomalies (`anomaly`: train.anomaly) are logged as events."""
 
-    def __init__(self, run_uri: str):
+    def __init__(self, run_uri: str, anomaly: AnomalyConfig | None = None):
         self.run_uri = run_uri
+        self.monitor = TrainingMonitor(run_uri.rstrip("/").rsplit("/", 1)[-1], anomaly)
         self.remote = storage.is_s3(run_uri)
         if self.remote:
             self._staging = tempfile.TemporaryDirectory(prefix="aiprod-run-")
@@ -47,6 +51,9 @@ class RunLogger:
         for key, value in record.items():
             if key not in ("time", "global_step") and isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(key, value, step)
+        for event in self.monitor.observe(record):  # anomaly events: metrics.jsonl only, not TensorBoard
+            self._metrics.write(json.dumps({"time": record["time"], "global_step": step, **event}) + "\n")
+            self._metrics.flush()
 
     def sync(self) -> None:
         self._metrics.flush()

@@ -42,6 +42,10 @@ def make_report_callback(objective: Objective, record_uri: str):
     interruption replays its results instead of training again."""
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
+    from aiprod.monitoring.training_metrics import trial_report
+
+    trial = record_uri.rstrip("/").rsplit("/", 2)[-2]  # SEARCH/trials/<trial id>/RESULTS_FILE
+
     class ValidationReport(TuneReportCallback):
         def __init__(self) -> None:
             super().__init__()
@@ -58,6 +62,7 @@ def make_report_callback(objective: Objective, record_uri: str):
             with checkpoint.as_directory() as local:
                 result.update(self.objective(local))
             result["val_s"] = time.monotonic() - started
+            trial_report(trial, result)  # Prometheus, through Ray's metrics agent
             result[CHECKPOINT_PATH_KEY] = checkpoint.path
             self.records.append(result)
             storage.write_text_atomic(record_uri, "".join(json.dumps(r) + "\n" for r in self.records))
