@@ -92,10 +92,17 @@ MUTATIONS = {
     "every port open to the world": (
         lambda c: _set(c, ["provider", "security_group", "IpPermissions"],
                        [{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]),
-        "all ports (SSH, GCS, dashboard, Ray client, Serve)"),
+        "all ports (SSH, GCS, dashboard, Ray client, Serve, Ray metrics)"),
     "serve open to the world": (
         lambda c: _set(c, ["provider", "security_group", "IpPermissions"], _world(8000)),
         "port 8000 (Serve) to the world"),
+    "metrics open to the world": (
+        lambda c: _set(c, ["provider", "security_group", "IpPermissions"], _world(8080)),
+        "port 8080 (Ray metrics) to the world"),
+    "metrics agent on a random port": (
+        lambda c: _set(c, ["worker_start_ray_commands", 1],
+                       c["worker_start_ray_commands"][1].replace(" --metrics-export-port=8080", "")),
+        "worker_start_ray_commands: `ray start` without --metrics-export-port=8080"),
     "head without token auth": (
         lambda c: _set(c, ["head_start_ray_commands"], _strip_token(c["head_start_ray_commands"])),
         "head_start_ray_commands: `ray start` runs without RAY_AUTH_MODE=token"),

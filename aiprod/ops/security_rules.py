@@ -15,6 +15,7 @@ from aiprod.ops.cluster_config import (
     API_KEY_ENV,
     API_KEY_PATH,
     HEAD_PORTS,
+    METRICS_PORT,
     RAY_DEFAULT_PROFILE,
     TOKEN_PATH,
     WORLD,
@@ -151,6 +152,14 @@ def dashboard_on_loopback(c: ClusterView) -> list[str]:
             if re.search(r"--dashboard-host[= ]0\.0\.0\.0", cmd)]
 
 
+def metrics_port_fixed_on_every_node(c: ClusterView) -> list[str]:
+    """Every node's metrics agent on METRICS_PORT, the port deploy/prometheus.yml's service discovery
+    reaches inside the cluster (the group opens it to no one outside: security_group_not_world_open)."""
+    return [f"{key}: `ray start` without --metrics-export-port={METRICS_PORT} (Prometheus scrapes that port)"
+            for key in START_KEYS for cmd in c.start_commands(key)
+            if not re.search(rf"--metrics-export-port[= ]{METRICS_PORT}\b", cmd)]
+
+
 def api_key_on_every_node(c: ClusterView) -> list[str]:
     """Serve's API key wired on every node (the Serve port may be opened with setup --serve-cidr)."""
     problems = []
@@ -247,6 +256,7 @@ RULES: tuple[Rule, ...] = (
     security_group_not_world_open,
     ray_makes_no_default_group,
     dashboard_on_loopback,
+    metrics_port_fixed_on_every_node,
     api_key_on_every_node,
     nodes_have_own_profile_and_imdsv2,
     workers_do_not_share_head_profile,
