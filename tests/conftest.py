@@ -114,6 +114,26 @@ def tiny_config():
     return load_config("tiny")
 
 
+@pytest.fixture(scope="session")
+def single_process_group():
+    """One gloo group of one rank for the session: in-process DeepSpeed engines (DeepSpeed caches
+    its groups, so the group is never re-created)."""
+    import torch.distributed as dist
+
+    env = {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors gain nothing from threads, and on a shared 2-core machine OpenMP's spinning

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -184,27 +183,6 @@ def test_vae_loss_parts_and_fallback_said_once(tiny_config, caplog, tmp_path):
 
 
 # ----------------------------------------------------------------- DeepSpeed round trip
-
-
-@pytest.fixture(scope="module")
-def single_process_group():
-    """One gloo group of one rank for the module (DeepSpeed caches groups: no re-init per test)."""
-    import torch.distributed as dist
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
