@@ -116,6 +116,7 @@ class Ingress:
             fps=body.fps or s.default_fps, width=body.width or s.default_width,
             height=body.height or s.default_height, seed=body.seed, steps=body.steps, guidance=body.guidance,
             bucket=_bucket(body, request), deadline=time.time() + deadline_s, deadline_s=deadline_s,
+            adapter=body.adapter,
         )
         response = self.standard.generate.remote(job)
         try:
@@ -131,6 +132,9 @@ class Ingress:
             if result.status == "too_costly":
                 return validation_error_response([{"loc": ["body", "deadline_s"], "msg": result.message,
                                                    "type": "value_error", "input": deadline_s}])
+            if result.status == "bad_adapter":
+                return validation_error_response([{"loc": ["body", "adapter"], "msg": result.message,
+                                                   "type": "value_error", "input": body.adapter}])
             return JSONResponse({"detail": result.message}, status_code=STATUS_FOR[result.status])
         facts = Facts("model", "standard", body.language, body.prompt, model_version=result.version)
         try:
@@ -145,6 +149,7 @@ class Ingress:
             "X-AB-Arm": result.arm,
             "X-Batch-Size": str(result.batch_size),
             "X-Video-Frames": str(result.frames),
+            **({"X-Adapter": result.adapter} if result.adapter else {}),
         })
 
     # ----------------------------------------------------------------------- emergency
@@ -267,14 +272,21 @@ class StandardGenerator:
         self.host = ModelHost(self.cfg, _device(self.cfg.serve.standard.num_gpus))
         self.host.follow_registry(self.cfg.serve.follow_registry_s)
         self.runner = StandardBatchRunner(self.cfg, self.host)
-        self.generate.set_max_batch_size(self.cfg.serve.batch_max_size)
-        self.generate.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_s)
+        self.batch.set_max_batch_size(self.cfg.serve.batch_max_size)
+        self.batch.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_s)
 
     async def reconfigure(self, user_config: dict) -> None:
         await self.host.reconfigure(user_config)
 
+    async def generate(self, job: VideoJob):
+        if job.adapter is not None:  # resolved and loaded (LRU) before batching, off the event loop
+            refused = await asyncio.to_thread(self.runner.prepare, job)
+            if refused is not None:
+                return refused
+        return await self.batch(job)
+
     @serve.batch
-    async def generate(self, jobs: list[VideoJob]) -> list:
+    async def batch(self, jobs: list[VideoJob]) -> list:
         # A thread cannot be interrupted: jobs stop themselves between sampler steps at their deadline.
         return await asyncio.to_thread(self.runner.run, jobs)
 

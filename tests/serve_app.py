@@ -58,6 +58,30 @@ def make_registry(root: Path) -> None:
     registry.promote(V1, gates={}, force=True, reason="test fixture")
 
 
+def publish_adapter(root: Path, base: str, version: str, seed: int = 1) -> None:
+    """Publish a LoRA adapter on `base` as registry entry `version`; its lora_B tensors are random
+    (a fresh adapter's are zero), so that it changes what the model generates."""
+    import torch
+
+    from aiprod import adapter_dir
+    from aiprod.models import build_model
+    from aiprod.models.adapters import AdapterSpec, adapter_state, add_adapters
+    from aiprod.registry import Registry
+
+    cfg = load_config("tiny")
+    spec = AdapterSpec(rank=4)
+    model = add_adapters(build_model(cfg.model), spec, seed=seed)
+    noise = torch.Generator().manual_seed(seed)
+    state = {k: torch.randn(v.shape, generator=noise) * 0.5 if "lora_B" in k else v
+             for k, v in adapter_state(model).items()}
+    registry = Registry(str(root))
+    entry = registry.store.entry_uri(base)
+    reference = {"ref": base, "registry": registry.root, "sha256": adapter_dir.weights_sha256(entry), "uri": entry}
+    directory = root.parent / f"adapter-{version}"
+    adapter_dir.save(directory, state, spec.to_dict(), reference, cfg, version)
+    registry.publish(directory, version)
+
+
 class App:
     def __init__(self, port: int, registry_root: Path):
         self.port = port

@@ -4,6 +4,7 @@ later deploys change only the generators' user_config, which Serve applies by re
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +17,8 @@ from aiprod.config import load_config
 from aiprod.provenance.disclosure import label_box, label_image
 from aiprod.serving import ModelHost, request_bucket
 from aiprod.serving.generation import Breaker
-from aiprod.serving.model_host import CURRENT, Served
-from tests.serve_app import AUTH, TINY, V1, V2, c2pa_manifest, decode, deployed_app, source_type
+from tests.serve_app import (AUTH, TINY, V1, V2, c2pa_manifest, decode, deployed_app, publish_adapter,
+                             source_type)
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tmp_path_factory):
@@ -299,6 +300,79 @@ def test_ab_split_by_request_hash(served):
         served.deploy()
 
 
+# --------------------------------------------------------- adapters, the registry A/B pointer
+
+HI_ON_V1, HI_ON_V2 = "pib-videogen-standard-v1.0.0-regional-hi", "pib-videogen-standard-v1.1.0-regional-hi"
+
+
+@pytest.fixture(scope="module")
+def adapters(served):
+    """regional-hi adapters in the served registry: one on V1 (production), a newer one on V2."""
+    publish_adapter(served.registry_root, V1, HI_ON_V1)
+    publish_adapter(served.registry_root, V2, HI_ON_V2, seed=2)
+
+
+def test_a_request_with_an_adapter_is_answered_by_that_adapter_on_its_arm(served, adapters):
+    with ThreadPoolExecutor(2) as pool:
+        base, tuned = pool.map(lambda adapter: served.video(seed=5, adapter=adapter), [None, "regional-hi"])
+    assert tuned.status_code == 200, tuned.text
+    assert (tuned.headers["x-adapter"], tuned.headers["x-model-version"]) == (HI_ON_V1, V1)
+    assert "x-adapter" not in base.headers
+    assert np.abs(decode(tuned.content)[2].astype(int) - decode(base.content)[2].astype(int)).mean() > 1
+    assert served.http.get("/v1/models", headers=AUTH).json()["standard"]["adapters"]["cached"] == [HI_ON_V1]
+    with ThreadPoolExecutor(2) as pool:  # the adapter is loaded now: both within one batch wait
+        pair = list(pool.map(lambda adapter: served.video(seed=6, adapter=adapter), [None, "regional-hi"]))
+    assert [r.headers["x-batch-size"] for r in pair] == ["1", "1"]  # same shape, but never one batch
+    assert [r.headers.get("x-adapter") for r in pair] == [None, HI_ON_V1]
+
+
+def test_an_adapter_the_serving_model_lacks_is_422_naming_it(served, adapters):
+    for adapter, says in (("regional-bn", "no version .* has the specialization 'regional-bn'"),
+                          (HI_ON_V2, f"none for {V1}.*is for {V2}"), ("Regional HI", "neither a specialization")):
+        r = served.video(adapter=adapter)
+        assert r.status_code == 422, r.text
+        [error] = r.json()["detail"]
+        assert error["loc"][-1] == "adapter" and re.search(says, error["msg"]), error
+
+
+def test_replicas_follow_the_registry_ab_pointer_live(served, adapters):
+    from aiprod.registry import Registry
+
+    registry = Registry(str(served.registry_root))
+
+    def answers(**body) -> set[tuple]:
+        def one(i: int) -> httpx.Response:
+            return served.http.post("/v1/videos", json={"prompt": "a blue square", "steps": 1, **body},
+                                    headers={**AUTH, "X-Request-Id": f"ab-{i}"})
+
+        with ThreadPoolExecutor(3) as pool:
+            rs = list(pool.map(one, range(3)))
+        assert {r.status_code for r in rs} <= {200, 503}, [r.text for r in rs]
+        return {(r.headers["x-ab-arm"], r.headers["x-model-version"], r.headers.get("x-adapter"))
+                if r.status_code == 200 else (503, r.json()["detail"]) for r in rs}
+
+    def until(expected: set, **body) -> None:  # a 503 (queue full) is retried
+        deadline = time.monotonic() + 30
+        while (got := answers(**body)) != expected and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert got == expected
+
+    registry.set_ab(V2, 1.0, reason="test: every request to the candidate")
+    try:
+        served.deploy(ab={"version": "registry"})
+        until({("b", V2, None)})
+        info = served.http.get("/v1/models", headers=AUTH).json()["standard"]
+        assert (info["b"]["pointer_target"], info["ab_fraction"]) == (V2, 1.0)
+        until({("b", V2, HI_ON_V2)}, adapter="regional-hi")  # adapters on arm b are arm b's
+        registry.clear_ab()
+        until({("a", V1, None)})  # no deploy: the replicas re-read the pointer
+        registry.set_ab(V2, 1.0)
+        until({("b", V2, None)})
+    finally:
+        registry.clear_ab()
+        served.deploy()
+
+
 # ------------------------------------------------------------------- library, no Serve
 
 
@@ -315,27 +389,6 @@ def test_model_host_swaps_without_breaking_a_running_request(served):
     host.apply({"model": "pib-videogen-standard-v9.9.9-general"})  # not in the registry
     assert host.pick(0.0)[1].version == V2
     assert "v9.9.9" in host.info()["error"]
-
-
-def test_registry_refresh_never_replaces_a_config_on_its_way():
-    loading = threading.Event()
-
-    def loader(spec: str, cfg, device: str) -> Served:
-        loading.wait(30)
-        return Served(None, spec, spec, spec)
-
-    host = ModelHost(load_config("tiny"), loader=loader)
-    loading.set()
-    host.apply({"model": "ckpt-a"})
-    loading.clear()  # loads block from here on
-    host.apply_in_background({"model": "ckpt-b"})
-    host.apply_in_background({"model": "ckpt-c"})  # a deploy while ckpt-b loads: the latest wins
-    host.apply_in_background(CURRENT)  # a registry refresh meanwhile must not replace it
-    loading.set()
-    deadline = time.monotonic() + 30
-    while host.pending and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not host.pending and host.a.spec == "ckpt-c" and host.user.model == "ckpt-c"
 
 
 def test_breaker_opens_after_failures_and_estimates_latency():

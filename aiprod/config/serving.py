@@ -34,9 +34,26 @@ class DeploymentConfig(Section):
     graceful_shutdown_timeout_s: float = Field(30.0, ge=0, description="drain time before a replica stops")
 
 
+AB_FROM_REGISTRY = "registry"  # ab.version that follows the registry's A/B pointer (Registry.set_ab)
+
+
 class ABConfig(Section):
-    version: str = Field(description="arm b: registry version, 'production', or checkpoint dir")
-    fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of requests (by request hash) sent to arm b")
+    version: str = Field(description="arm b: registry version, 'production', or checkpoint dir; or 'registry': "
+                         "follow the registry's A/B pointer (jobs/registry.py ab VERSION --fraction F), which "
+                         "names arm b and its share, re-read every serve.follow_registry_s")
+    fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of requests (by request hash) sent to arm b; "
+                            "left out with version 'registry' (the pointer's fraction applies)")
+
+    @model_validator(mode="after")
+    def _registry_sets_its_own_share(self) -> ABConfig:
+        if self.follows_registry and self.fraction:
+            raise ValueError(f"ab.fraction must be left out with ab.version '{AB_FROM_REGISTRY}': the registry's "
+                             f"A/B pointer sets the share (jobs/registry.py ab VERSION --fraction F)")
+        return self
+
+    @property
+    def follows_registry(self) -> bool:
+        return self.version == AB_FROM_REGISTRY
 
 
 class FaultConfig(Section):
@@ -98,6 +115,10 @@ class ServeConfig(Section):
     emergency_seconds: float = Field(5.0, ge=5.0, description="template video length")
     api_key_env: str | None = Field(None, description="env var holding the bearer key; None = off")
     batch_max_size: int = Field(4, ge=1)
+    adapter_cache_size: int = Field(
+        3, ge=1, description="adapters (POST /v1/videos `adapter`) each standard replica keeps loaded, the least "
+        "recently used evicted first. An adapter is loaded as its base's weights with the adapter folded in "
+        "(merged): each cached adapter costs one model's memory but samples at the base's speed")
     batch_wait_s: float = Field(0.05, ge=0)
     default_duration_s: float = Field(2.0, gt=0, description="POST /v1/videos when duration_s is omitted")
     default_fps: int = Field(8, ge=1)

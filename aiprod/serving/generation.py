@@ -19,6 +19,7 @@ import numpy as np
 from aiprod.config import Config
 from aiprod.emergency.render import AlertRequest, render_alert
 from aiprod.provenance.disclosure import burn_label
+from aiprod.serving.adapters import AdapterError, AdapterHost
 from aiprod.serving.cost import CostModel, StepTimer, step_units
 from aiprod.serving.model_host import ModelHost, Served
 
@@ -61,6 +62,7 @@ class VideoJob:
     bucket: float
     deadline: float  # time.time() after which the answer is useless
     deadline_s: float  # the whole allowance the request asked for (a cost above it can never fit)
+    adapter: str | None = None  # the request's adapter (aiprod.serving.adapters), as it asked for it
 
     def shape(self) -> tuple:
         return (self.seconds, self.fps, self.width, self.height, self.steps, self.guidance)
@@ -68,7 +70,7 @@ class VideoJob:
 
 @dataclass
 class VideoResult:
-    status: str  # ok | deadline | no_model | bad_request | failed | too_costly (422) | busy (503)
+    status: str  # ok | deadline | no_model | bad_request | failed | too_costly (422) | busy (503) | bad_adapter (422)
     mp4: bytes = b""
     version: str = ""
     arm: str = ""
@@ -79,41 +81,75 @@ class VideoResult:
     generation_s: float = 0.0
     batch_size: int = 1
     message: str = ""
+    adapter: str = ""  # the adapter version that answered (the base's is `version`)
 
 
 class StandardBatchRunner:
     """What a standard replica holds besides its models: its own cost estimate, reset whenever the
     model or fault setting changes."""
 
-    def __init__(self, cfg: Config, host: ModelHost):
+    def __init__(self, cfg: Config, host: ModelHost, adapters: AdapterHost | None = None):
         self.cfg = cfg
         self.host = host
+        self.adapters = adapters or AdapterHost(cfg, host.device)
         self.cost = CostModel()
         self._config_seen = host.updated_at
+
+    def prepare(self, job: VideoJob) -> VideoResult | None:
+        """Before batching: resolve and load the job's adapter for the arm it lands in (a refusal
+        when it names none), so that a batch seldom waits for an adapter load."""
+        _, served = self.host.pick(job.bucket)
+        if job.adapter is None or served is None:
+            return None
+        found = adapter_for(job, served, self.adapters)
+        return found if isinstance(found, VideoResult) else None
 
     def run(self, jobs: list[VideoJob]) -> list[VideoResult]:
         if self.host.updated_at != self._config_seen:
             self._config_seen = self.host.updated_at
             self.cost.reset()
-        return run_standard_batch(self.host, jobs, self.cfg, self.cost)
+        return run_standard_batch(self.host, jobs, self.cfg, self.cost, self.adapters)
 
     def info(self) -> dict[str, Any]:
-        return {**self.host.info(), "cost": self.cost.info()}
+        return {**self.host.info(), "cost": self.cost.info(), "adapters": self.adapters.info()}
+
+
+def adapter_for(job: VideoJob, base: Served, adapters: AdapterHost | None) -> Served | VideoResult:
+    """The loaded adapter the job asks for on `base`, or the answer saying why there is none."""
+    if adapters is None:
+        return VideoResult("bad_adapter", message=f"adapter {job.adapter!r}: this replica serves no adapters")
+    try:
+        return adapters.served(job.adapter, base)
+    except AdapterError as exc:
+        return VideoResult("bad_adapter", message=str(exc))
+    except Exception as exc:  # noqa: BLE001 - the ingress answers 500 with the message
+        log.exception("adapter %s failed to load", job.adapter)
+        return VideoResult("failed", message=f"adapter {job.adapter!r} failed to load: {type(exc).__name__}: {exc}")
 
 
 def run_standard_batch(host: ModelHost, jobs: list[VideoJob], cfg: Config,
-                       cost: CostModel | None = None) -> list[VideoResult]:
-    """One Serve batch: jobs grouped by (arm, shape), each group on one pipeline snapshot."""
+                       cost: CostModel | None = None, adapters: AdapterHost | None = None) -> list[VideoResult]:
+    """One Serve batch: jobs grouped by (arm, adapter, shape), each group on one pipeline snapshot."""
     cost = cost or CostModel()
     picked = [host.pick(job.bucket) for job in jobs]
-    groups: dict[tuple, list[int]] = {}
-    for i, (job, (arm, _)) in enumerate(zip(jobs, picked)):
-        groups.setdefault((arm, job.shape()), []).append(i)
     results: list[VideoResult | None] = [None] * len(jobs)
+    bases: dict[int, Served] = {}  # job -> its arm's model, for jobs answered by an adapter on it
+    groups: dict[tuple, list[int]] = {}
+    for i, (job, (arm, served)) in enumerate(zip(jobs, picked)):
+        adapter = None
+        if job.adapter is not None and served is not None:
+            found = adapter_for(job, served, adapters)
+            if isinstance(found, VideoResult):
+                results[i] = found
+                continue
+            bases[i], picked[i], adapter = served, (arm, found), found.version
+        groups.setdefault((arm, adapter, job.shape()), []).append(i)
     for indices in groups.values():
         arm, served = picked[indices[0]]
         for i in indices:
-            results[i] = _standard_one(jobs[i], arm, served, host, cfg, len(indices), cost)
+            results[i] = result = _standard_one(jobs[i], arm, served, host, cfg, len(indices), cost)
+            if i in bases and result.status == "ok":
+                result.version, result.adapter = bases[i].version, served.version
     return results  # type: ignore[return-value]
 
 

@@ -2,7 +2,9 @@
 live swaps. A swap loads the new pipeline first and then replaces the reference in one assignment;
 requests already running keep the pipeline object they started with, so none is dropped. An arm
 that names a moving registry pointer (`production`, `latest`) follows it: a promotion or rollback
-in the registry is swapped in within serve.follow_registry_s, the same way.
+in the registry is swapped in within serve.follow_registry_s, the same way. With `ab: {version:
+registry}`, arm b follows the registry's A/B pointer (Registry.set_ab): its version and share are
+swapped in, changed or taken out the same way.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from aiprod.config import Config, FaultConfig
+from aiprod.config.serving import AB_FROM_REGISTRY
 from aiprod.monitoring import serve_metrics
 from aiprod.serving.schemas import UserConfig
 
 log = logging.getLogger(__name__)
 BUCKETS = 2**32
 MOVING_REFS = ("production", "latest")
+FOLLOWED = (*MOVING_REFS, AB_FROM_REGISTRY)  # specs whose version is re-read from the registry
 CURRENT = "current"  # apply_in_background(CURRENT): re-apply the config in force when the load starts
 
 
@@ -61,13 +65,33 @@ def resolve_model_dir(spec: str, cfg: Config) -> str:
 
 
 def pointer_target(spec: str, cfg: Config) -> str | None:
-    """The version a moving registry pointer (`production`, `latest`) names now (one small read of
-    the registry); None for any other spec."""
+    """The version a moving registry pointer (`production`, `latest`, or the A/B pointer for
+    AB_FROM_REGISTRY) names now (one small read of the registry); None for any other spec."""
+    if spec == AB_FROM_REGISTRY:
+        return (ab_pointer(cfg) or {}).get("version")
     if spec not in MOVING_REFS or Path(spec).is_dir():
         return None
     from aiprod.registry import Registry
 
     return Registry(cfg.registry.root, cfg.registry).pointer(spec)
+
+
+def ab_pointer(cfg: Config) -> dict[str, Any] | None:
+    """The registry's A/B pointer {"version", "fraction", ...}, or None when unset or cleared."""
+    from aiprod.registry import Registry
+
+    return Registry(cfg.registry.root, cfg.registry).ab()
+
+
+def ab_arm(user: UserConfig, cfg: Config) -> tuple[str | None, float]:
+    """The spec arm b loads and its share: the user_config's own, or the registry A/B pointer's
+    (spec AB_FROM_REGISTRY); (None, 0) for no arm b."""
+    if user.ab is None:
+        return None, 0.0
+    if user.ab.follows_registry:
+        pointer = ab_pointer(cfg)
+        return (AB_FROM_REGISTRY, float(pointer["fraction"])) if pointer else (None, 0.0)
+    return (user.ab.version, user.ab.fraction) if user.ab.fraction > 0 else (None, 0.0)
 
 
 def _as_user(user: UserConfig | dict[str, Any] | str | None) -> UserConfig | str:
@@ -112,7 +136,7 @@ class ModelHost:
         """Back off from a moving pointer whose version fails to load: load_retry_s, doubling per
         failure of the same target up to load_retry_max_s (an S3 entry is a full download per try)."""
         serve_metrics.model_load_failed(spec)
-        if spec not in MOVING_REFS:
+        if spec not in FOLLOWED:
             return
         try:
             target = pointer_target(spec, self.cfg)
@@ -153,9 +177,11 @@ class ModelHost:
                 failed.add(user.model)
                 a = self.a
             b, fraction = None, 0.0
-            if user.ab is not None and user.ab.fraction > 0:
+            if user.ab is not None:
                 try:
-                    b, fraction = self._get(user.ab.version, keep), user.ab.fraction
+                    spec, share = ab_arm(user, self.cfg)
+                    if spec is not None:
+                        b, fraction = self._get(spec, keep), share
                 except Exception as exc:  # noqa: BLE001
                     errors.append(f"ab.version {user.ab.version!r}: {type(exc).__name__}: {exc}")
                     self._failed(user.ab.version, errors[-1])
@@ -229,13 +255,23 @@ class ModelHost:
         if user is None:
             return False
         wanted = [(user.model, self.a)]
-        if user.ab is not None and user.ab.fraction > 0:
+        if user.ab is not None and (user.ab.fraction > 0 or user.ab.follows_registry):
             wanted.append((user.ab.version, self.b))
         moved = False
         for spec, served in wanted:
-            if spec not in MOVING_REFS:
+            if spec not in FOLLOWED:
                 continue
-            target = pointer_target(spec, self.cfg)
+            if spec == AB_FROM_REGISTRY:
+                pointer = ab_pointer(self.cfg)
+                target = pointer["version"] if pointer else None
+                if target is None:  # cleared (or never set): arm b goes, if it is there
+                    moved = moved or served is not None
+                    continue
+                if served is not None and served.target == target and float(pointer["fraction"]) != self.fraction:
+                    moved = True  # the same candidate with another share
+                    continue
+            else:
+                target = pointer_target(spec, self.cfg)
             if served is not None and served.spec == spec and served.target == target:
                 if self.load_failures.pop(spec, None) is not None and not self.load_failures:
                     self.error = None  # the pointer is back on the version being served

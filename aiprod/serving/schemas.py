@@ -7,14 +7,18 @@ errors have FastAPI's shape so they come back as 422 naming the field.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aiprod.config import ABConfig, Config, FaultConfig
+from aiprod.config.serving import AB_FROM_REGISTRY
+from aiprod.registry.names import NAME_FORMAT, NAME_RE
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
 EXCERPT_CHARS = 60
+ADAPTER_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+){0,7}")  # a specialization, e.g. regional-hi
 
 
 def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
@@ -58,6 +62,9 @@ class VideoRequest(_Body):
     guidance: float | None = Field(None, ge=1.0, description="classifier-free guidance; default diffusion.guidance, "
                                    "at most serve.max_guidance")
     deadline_s: float | None = Field(None, gt=0, description="answer 504 after this; default serve.standard_deadline_s")
+    adapter: str | None = Field(None, description="a fine-tuned adapter on the served model: a specialization "
+                                "(e.g. regional-hi: the newest registry adapter of that specialization whose base "
+                                "is the version serving this request) or a full adapter version name")
 
 
 class EmergencyRequest(_Body):
@@ -112,6 +119,9 @@ def video_errors(req: VideoRequest, cfg: Config) -> list[dict[str, Any]]:
         value = getattr(req, name)
         if value is not None and value % compression:
             errors.append(_error(name, f"{name} must be a multiple of {compression}, got {value}", value))
+    if req.adapter is not None and not (ADAPTER_RE.fullmatch(req.adapter) or NAME_RE.fullmatch(req.adapter)):
+        errors.append(_error("adapter", f"adapter {excerpt(req.adapter)!r} is neither a specialization (e.g. "
+                                        f"regional-hi) nor a version name ({NAME_FORMAT})", req.adapter))
     return errors
 
 
@@ -150,6 +160,14 @@ class UserConfig(BaseModel):
     model: str | None = Field(None, description="registry version, 'production', or checkpoint dir; None = no model")
     ab: ABConfig | None = None
     fault: FaultConfig = Field(default_factory=FaultConfig)
+
+    @field_validator("model")
+    @classmethod
+    def _model_is_not_the_ab_pointer(cls, value: str | None) -> str | None:
+        if value == AB_FROM_REGISTRY:
+            raise ValueError(f"model {AB_FROM_REGISTRY!r} names no model: only ab.version may be "
+                             f"{AB_FROM_REGISTRY!r} (follow the registry's A/B pointer as arm b)")
+        return value
 
 
 class AppArgs(BaseModel):
