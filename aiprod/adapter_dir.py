@@ -106,14 +106,16 @@ def read_meta(uri: str | os.PathLike) -> dict[str, Any]:
     return json.loads(storage.read_text(storage.join(str(uri), ADAPTER_META)))
 
 
-def read_adapter(uri: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_adapter(uri: str | os.PathLike, name: str = ADAPTER_WEIGHTS) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
-    return load(storage.read_bytes(storage.join(str(uri), ADAPTER_WEIGHTS)))
+    return load(storage.read_bytes(storage.join(str(uri), name)))
 
 
-def merged_weights(uri: str | os.PathLike, registry_root: str | None = None) -> dict[str, torch.Tensor]:
-    """Plain VideoModel weights: the base's, with this directory's adapter folded in."""
+def merged_weights(uri: str | os.PathLike, registry_root: str | None = None,
+                   adapter_file: str | None = None) -> dict[str, torch.Tensor]:
+    """Plain VideoModel weights: the base's, with this directory's adapter (or the one in
+    `adapter_file`, e.g. final/'s raw.safetensors) folded in."""
     from aiprod import model_dir
     from aiprod.models import build_model
     from aiprod.models.adapters import AdapterSpec, apply_adapter, merged_state
@@ -126,7 +128,7 @@ def merged_weights(uri: str | os.PathLike, registry_root: str | None = None) -> 
     cfg.model.text = with_saved_terms(cfg.model.text, base)
     model = build_model(cfg.model)
     model.load_state_dict(base, strict=True)
-    apply_adapter(model, AdapterSpec.from_dict(meta["spec"]), read_adapter(uri))
+    apply_adapter(model, AdapterSpec.from_dict(meta["spec"]), read_adapter(uri, adapter_file or ADAPTER_WEIGHTS))
     return merged_state(model)
 
 

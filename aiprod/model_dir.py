@@ -157,10 +157,19 @@ def read_config(uri: str | os.PathLike, overrides: list[str] | tuple[str, ...] =
     return cfg.with_overrides(overrides) if overrides else cfg
 
 
-def load(uri: str | os.PathLike, check: bool = True, registry_root: str | None = None,
+ALTERNATES = ("raw.safetensors", "ema.safetensors")  # final/ of an EMA run: the weights not exported
+
+
+def alternate_file(uri: str | os.PathLike) -> str | None:
+    """The other weights a run's final/ keeps beside the exported ones (raw or EMA), if any."""
+    return next((name for name in ALTERNATES if storage.exists(storage.join(str(uri), name))), None)
+
+
+def load(uri: str | os.PathLike, check: bool = True, registry_root: str | None = None, alternate: bool = False,
          ) -> tuple[Config, dict[str, torch.Tensor], str]:
     """(config, weights, version) of a model directory; with `check`, CheckpointError unless it
-    verifies. An adapter directory gives its base's weights with the adapter folded in."""
+    verifies. An adapter directory gives its base's weights with the adapter folded in. With
+    `alternate`, the weights of alternate_file() instead (final/ of an EMA run)."""
     from safetensors.torch import load as load_safetensors
 
     from aiprod import adapter_dir
@@ -172,12 +181,15 @@ def load(uri: str | os.PathLike, check: bool = True, registry_root: str | None =
     cfg = read_config(uri)
     blob = storage.read_bytes(weights_file(uri))
     version = _safetensors_metadata(blob).get("version", DEFAULT_VERSION)
+    other = alternate_file(uri) if alternate else None
+    if alternate and other is None:
+        raise CheckpointError(f"checkpoint {uri}: no alternate weights ({' or '.join(ALTERNATES)})")
     if adapter_dir.is_adapter_dir(uri):
         try:
-            return cfg, adapter_dir.merged_weights(uri, registry_root), version
+            return cfg, adapter_dir.merged_weights(uri, registry_root, other), version
         except (adapter_dir.AdapterBaseError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {uri}: {exc}") from None
-    return cfg, load_safetensors(blob), version
+    return cfg, load_safetensors(storage.read_bytes(storage.join(uri, other)) if other else blob), version
 
 
 def _safetensors_metadata(blob: bytes) -> dict[str, Any]:

@@ -3,6 +3,8 @@
     python jobs/sample.py --checkpoint out/registry/pib-videogen-... --prompt "a red circle moving right" \
         --out out/sample.mp4 --seconds 2 --fps 8 --height 64 --width 64 --seed 0 [--mode emergency]
 
+    python jobs/sample.py --checkpoint out/runs/ft/final --merge out/merged   # an adapter folded into its base
+
 Prints one JSON line: {"out", "frames", "height", "width", "fps", "mode", "version", "signed_by", "seconds_taken"}.
 The video carries signed C2PA content credentials (aiprod.provenance: $AIPROD_C2PA_CERT/$AIPROD_C2PA_KEY,
 else this machine's development certificate).
@@ -26,9 +28,12 @@ from aiprod.provenance import Facts, Provenance  # noqa: E402
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    p.add_argument("--checkpoint", required=True, help="dir or s3:// prefix with model.safetensors + config.yaml")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--out", required=True, help="output .mp4 path")
+    p.add_argument("--checkpoint", required=True, help="model directory (or s3:// prefix): model.safetensors or an "
+                   "adapter directory (adapter.safetensors naming its base) + config.yaml")
+    p.add_argument("--prompt")
+    p.add_argument("--out", help="output .mp4 path")
+    p.add_argument("--merge", metavar="DIR", help="instead of sampling: write the checkpoint as plain full weights "
+                   "(an adapter folded into its base) to this model directory")
     p.add_argument("--language", default="en")
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--fps", type=int, default=8)
@@ -41,13 +46,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--motion", help="emergency mode's camera: right, left, up, down, towards, away or still "
                    "(optionally :FACTOR, e.g. left:2); default: read from the prompt, else still")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.merge is None and not (args.prompt and args.out):
+        p.error("--prompt and --out are required (unless --merge DIR)")
+    return args
+
+
+def merge(args: argparse.Namespace) -> int:
+    pipe = VideoPipeline.from_checkpoint(args.checkpoint)
+    pipe.save_pretrained(args.merge)
+    print(json.dumps({"merged": args.merge, "from": args.checkpoint, "version": pipe.version}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     try:
+        if args.merge:
+            return merge(args)
         provenance = Provenance()
         pipe = VideoPipeline.from_checkpoint(args.checkpoint, device=args.device)
         frames = pipe.generate(

@@ -17,6 +17,17 @@ from aiprod.models.adapters import (AdapterSpec, adapter_state, add_adapters, is
                                     parameter_counts)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def load_job(name: str):
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 SPEC = AdapterSpec(rank=4)
 
 
@@ -70,6 +81,11 @@ def test_an_adapter_directory_is_small_and_loads_as_its_base_plus_the_adapter(tm
     assert small < 0.05 * (tmp_path / "base" / model_dir.WEIGHTS).stat().st_size
     pipe = VideoPipeline.from_checkpoint(tmp_path / "adapter")
     assert torch.allclose(denoise(pipe.model), denoise(model), atol=1e-5)
+    sample_cli = load_job("sample")
+    assert sample_cli.main(["--checkpoint", str(tmp_path / "adapter"), "--merge", str(tmp_path / "merged")]) == 0
+    merged = model_dir.read_weights(tmp_path / "merged")  # plain full weights, no adapter directory
+    assert not adapter_dir.is_adapter_dir(tmp_path / "merged")
+    assert all(torch.equal(merged[k], v.float()) for k, v in pipe.model.state_dict().items())
 
     model_dir.save(tmp_path / "base", build_model(cfg.model).state_dict(), cfg)  # another base, same path
     with pytest.raises(CheckpointError, match="adapter base .*base.*sha256"):
@@ -205,3 +221,9 @@ def test_a_lora_run_with_ema_killed_mid_phase_resumes_and_leaves_an_adapter(ray_
     base = model_dir.read_weights(tmp_path / "base")
     changed = {k for k in base if not torch.equal(base[k], merged[k])}
     assert changed and all(k.startswith("denoiser.transformer_blocks.") for k in changed)
+
+    from aiprod.eval.report import evaluate
+
+    report = evaluate(str(final), tmp_path / "report", overrides=["eval.num_samples=1", "eval.seeds=[0]"])
+    assert report["compare"]["model"]["weights"] == "raw.safetensors"  # the EMA judged beside the raw weights
+    assert report["compare"]["label"].endswith("(raw.safetensors)") and "alignment_colour" in report["compare"]["metrics"]

@@ -72,12 +72,14 @@ class VideoPipeline:
         verify: bool = True,
         autocast_dtype: torch.dtype | None = None,
         registry_root: str | None = None,
+        alternate: bool = False,
     ) -> VideoPipeline:
         """Load a model directory (aiprod.model_dir), local or s3://. With `verify`, every file its
         manifest lists must match. An adapter directory loads its base (a registry version is looked
-        up in `registry_root` first) with the adapter folded in."""
+        up in `registry_root` first) with the adapter folded in. `alternate`: the weights final/ keeps
+        beside the exported ones (raw or EMA, model_dir.alternate_file)."""
         uri = str(directory)
-        cfg, state, version = model_dir.load(uri, check=verify, registry_root=registry_root)
+        cfg, state, version = model_dir.load(uri, check=verify, registry_root=registry_root, alternate=alternate)
         if not set(STAT_KEYS) <= set(state):
             raise CheckpointError(f"checkpoint {uri}: " + missing_stats_message(WEIGHTS))
         cfg.model.text = with_saved_terms(cfg.model.text, state)

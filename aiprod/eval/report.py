@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from aiprod import plots, storage
+from aiprod import model_dir, plots, storage
 from aiprod.config import Config
 from aiprod.eval import metrics as m
 from aiprod.eval.gates import passes_gates
@@ -49,10 +49,10 @@ __all__ = ["evaluate", "json_safe", "reference_clips", "write_reports"]
 FORMAT = "aiprod-eval/1"
 
 
-def _load_pipeline(ref: str, device: str):
+def _load_pipeline(ref: str, device: str, alternate: bool = False):
     from aiprod.diffusion.pipeline import VideoPipeline
 
-    return VideoPipeline.from_checkpoint(ref, device=device)
+    return VideoPipeline.from_checkpoint(ref, device=device, alternate=alternate)
 
 
 def reference_clips(cfg: Config, spec: ClipSpec, data_uri: str | None,
@@ -78,8 +78,9 @@ def reference_clips(cfg: Config, spec: ClipSpec, data_uri: str | None,
 def evaluate(checkpoint: str, out_dir: str | os.PathLike, data_uri: str | None = None,
              compare: str | None = None, overrides: list[str] | tuple[str, ...] = (), device: str = "cpu",
              label: str | None = None, compare_label: str | None = None) -> dict[str, Any]:
-    """Evaluate a weights directory (and optionally a second one side by side); write report.json,
-    report.html and the PNGs into `out_dir`; return the report."""
+    """Evaluate a weights directory (and optionally a second one side by side; without one, the
+    other weights an EMA run's final/ keeps, raw or EMA); write report.json, report.html and the PNGs
+    into `out_dir`; return the report."""
     started = time.monotonic()
     pipe = _load_pipeline(checkpoint, device)
     cfg = pipe.cfg.with_overrides(overrides)
@@ -91,8 +92,11 @@ def evaluate(checkpoint: str, out_dir: str | os.PathLike, data_uri: str | None =
     features = extractor(clips)
     results = [evaluate_model(pipe, cfg, cases, spec, languages, clips, features, extractor,
                               label or Path(str(checkpoint).rstrip("/")).name)]
+    alternate = None if compare else model_dir.alternate_file(checkpoint)
+    if alternate:  # final/ of an EMA run: judge the weights it did not export beside the ones it did
+        compare, compare_label = str(checkpoint), f"{label or Path(str(checkpoint).rstrip('/')).name} ({alternate})"
     if compare:
-        other = _load_pipeline(compare, device)
+        other = _load_pipeline(compare, device, alternate=alternate is not None)
         results.append(evaluate_model(other, cfg, cases, spec, languages, clips, features, extractor,
                                       compare_label or Path(str(compare).rstrip("/")).name))
     for result in results:
@@ -100,6 +104,7 @@ def evaluate(checkpoint: str, out_dir: str | os.PathLike, data_uri: str | None =
     results[0].section["model"]["checkpoint"] = str(checkpoint)
     if compare:
         results[1].section["model"]["checkpoint"] = str(compare)
+        results[1].section["model"]["weights"] = alternate or model_dir.WEIGHTS
 
     log_uri = find_metrics_log(str(checkpoint))
     records = read_metrics_log(log_uri)
