@@ -18,4 +18,14 @@ timeout "${TRAIN_STEP_S:-420}" python3 bench/train_step.py --preset cluster --ph
 tail -12 "$out/train_step.log"
 timeout "${MODELS_S:-120}" python3 bench/models.py --repeats 3 > "$out/models.log" 2>&1 || status=$?
 tail -8 "$out/models.log"
+# The gtx1070 preset's first denoiser phase per fine-tuning mode under an 8 GiB cap (issue 25). PEFT and
+# transformers are not in .whl/ (the carry's 64 MiB holds DeepSpeed, pydantic and pyarrow): add them there
+# when they fit, else this is skipped.
+if python3 -c "import peft" 2>/dev/null; then
+  timeout "${FINETUNE_S:-180}" python3 bench/finetune_memory.py --preset gtx1070 --steps 3 --cap-gib 8 \
+    > "$out/finetune_memory.log" 2>&1 || status=$?
+  tail -6 "$out/finetune_memory.log"
+else
+  echo "peft not installed here: bench/finetune_memory.py's GPU peaks not measured"
+fi
 exit $status
