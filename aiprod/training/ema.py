@@ -2,7 +2,8 @@
 
 Each rank averages what it holds of every trainable parameter: the whole tensor under ZeRO 0-2
 (weights are replicated) and only its own partition (`param.ds_tensor`) under ZeRO-3, so the EMA
-costs one fp32 copy of a rank's share, not of the model. Mid-phase checkpoints keep every rank's
+costs one fp32 copy of a rank's share, not of the model; with ZeRO-Offload (`offload=True`) that copy
+lives in CPU memory beside the optimizer state, sparing a small GPU the room. Mid-phase checkpoints keep every rank's
 shards (`ema/rank0000.pt`, resumed exactly: same world size and stage); a phase end gathers them
 into `ema.safetensors` (full tensors, VideoModel keys), which the next denoiser phase starts from
 and final/ exports (train.export_ema).
@@ -23,14 +24,16 @@ EMA_WEIGHTS = "ema.safetensors"
 
 
 class ShardedEMA:
-    def __init__(self, engine: Any, decay: float):
+    def __init__(self, engine: Any, decay: float, offload: bool = False):
         self.decay = decay
+        self.device = torch.device("cpu") if offload else None
         self.updates = 0
         self.zero3 = bool(engine.zero_optimization_partition_weights())
         named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
-        self.shadow = [self._local(p).detach().float().clone() for p in self.params]
+        self.shadow = [self._local(p).detach().float().to(self.device or self._local(p).device).clone()
+                       for p in self.params]
 
     def _local(self, param: torch.Tensor) -> torch.Tensor:
         return param.ds_tensor if self.zero3 else param.data
@@ -43,7 +46,7 @@ class ShardedEMA:
         """After an optimizer step: shadow <- d·shadow + (1 - d)·weights."""
         weight = 1.0 - self.current_decay()
         for shadow, param in zip(self.shadow, self.params):
-            shadow.lerp_(self._local(param).float(), weight)
+            shadow.lerp_(self._local(param).float().to(shadow.device), weight)
         self.updates += 1
 
     # ----------------------------------------------------------------- this rank's shards
@@ -71,7 +74,8 @@ class ShardedEMA:
         saved = [self._local(p).detach().clone() for p in self.params]
         with torch.no_grad():
             for shadow, param in zip(self.shadow, self.params):
-                self._local(param).copy_(shadow)
+                local = self._local(param)
+                local.copy_(shadow.to(local.device))
         try:
             yield
         finally:

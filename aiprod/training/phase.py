@@ -93,7 +93,7 @@ class PhaseTrainer:
         run.ema = None
         if not self.cfg.train.ema_decay or self.phase.component != "denoiser":
             return
-        run.ema = ShardedEMA(run.phase_engine.engine, self.cfg.train.ema_decay)
+        run.ema = ShardedEMA(run.phase_engine.engine, self.cfg.train.ema_decay, offload=self.cfg.train.offload_optimizer)
         if shards is not None:
             run.ema.load_state_dict(shards)
             how = f"resumed ({run.ema.updates} updates)"
