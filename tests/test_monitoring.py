@@ -80,6 +80,13 @@ def test_a_loss_spike_is_reported_at_its_step_and_a_noisy_descent_raises_nothing
     assert events(losses, cfg) == [("loss_spike", 150)]
 
 
+def test_a_huge_spike_does_not_blind_the_detector_to_the_next_one():
+    losses = noisy_descent(300)
+    losses[150] *= 100
+    losses[155] *= 3  # judged against statistics that took in the first spike only up to its threshold
+    assert events(losses, AnomalyConfig(plateau_steps=1000)) == [("loss_spike", 150), ("loss_spike", 155)]
+
+
 def test_a_plateau_is_reported_once_per_window_while_it_lasts():
     cfg = AnomalyConfig(plateau_steps=50, plateau_min_improvement=0.01)
     losses = np.concatenate([0.98 ** np.arange(100), np.full(120, 0.98 ** 99)])  # best at step 99, then flat
@@ -120,6 +127,18 @@ def test_training_events_feed_their_counters(monkeypatch):
                     ("aiprod_train_checkpoints", 1), ("aiprod_train_checkpoint_seconds", 1.5)]
 
 
+def test_a_tune_trials_report_sets_its_figures(monkeypatch):
+    from aiprod.monitoring import training_metrics
+
+    seen = []
+    monkeypatch.setattr(training_metrics, "record", lambda name, value=1.0, **labels: seen.append((name, value, labels)))
+    training_metrics.trial_report("t1", {"val_objective": 0.25, "loss": 0.5, "global_step": 9, "val_s": 2.0})
+    assert seen == [("aiprod_tune_trial_reports", 1, {"trial": "t1"}),
+                    ("aiprod_tune_trial_objective", 0.25, {"trial": "t1"}),
+                    ("aiprod_tune_trial_loss", 0.5, {"trial": "t1"}), ("aiprod_tune_trial_step", 9, {"trial": "t1"}),
+                    ("aiprod_tune_validation_seconds", 2.0, {"trial": "t1"})]
+
+
 # ------------------------------------------------------------------------- serve labels
 
 
@@ -142,11 +161,14 @@ def test_each_answer_status_feeds_its_counters(monkeypatch):
     monkeypatch.setattr(serve_metrics, "record", lambda name, value=1.0, **labels: seen.append((name, labels)))
     serve_metrics.record_answer("videos", 503, {}, 0.01)
     serve_metrics.record_answer("videos", 504, {}, 0.01)
-    serve_metrics.record_answer("emergency", 200, {"x-generation-mode": "template",
+    serve_metrics.record_answer("emergency", 200, {"x-generation-mode": "template", "x-provenance": "unsigned",
+                                                   "x-fallback-reason": "overloaded"}, 0.2)
+    serve_metrics.record_answer("emergency", 200, {"x-generation-mode": "template", "x-provenance": "signed",
                                                    "x-fallback-reason": "overloaded"}, 0.2)
     names = [name for name, _ in seen]
     assert names.count("aiprod_serve_rejected") == 1 and names.count("aiprod_serve_deadline_missed") == 1
-    assert ("aiprod_serve_template_fallbacks", {"reason": "overloaded"}) in seen
+    assert seen.count(("aiprod_serve_template_fallbacks", {"reason": "overloaded"})) == 2
+    assert seen.count(("aiprod_emergency_unsigned", {"reason": "signing_failed"})) == 1
     assert ("aiprod_serve_requests", {"endpoint": "emergency", "status": "200", "path": "template"}) in seen
     assert "aiprod_serve_model_answers" not in names  # a template card is not a model's answer
 
@@ -162,6 +184,50 @@ def test_the_alert_rules_are_well_formed_and_name_only_exported_metrics():
             "TrainingNaNStreak", "TrainingDataStarved"} <= alerts
     checked = rules_check.promtool(rules_check.RULES_FILE)  # None where Debian's promtool is not installed
     assert checked is None or checked[0], checked
+
+
+R = "ray_aiprod_"
+# alert -> (series that should make it fire, series of a healthy service); values every minute, judged at 15m
+ALERT_CASES = {
+    "EmergencyAnsweredByTemplate": (
+        {R + 'serve_requests_total{endpoint="emergency", path="template", status="200"}': "0+6x30",
+         R + 'serve_requests_total{endpoint="emergency", path="emergency_model", status="200"}': "0+4x30"},
+        {R + 'serve_requests_total{endpoint="emergency", path="template", status="200"}': "0x30",
+         R + 'serve_requests_total{endpoint="emergency", path="emergency_model", status="200"}': "0+10x30"}),
+    "EmergencyServerError": (
+        {R + 'serve_requests_total{endpoint="emergency", path="none", status="500"}': "0x12 1x18"},
+        {R + 'serve_requests_total{endpoint="emergency", path="none", status="500"}': "1x30"}),  # an old one
+    "EmergencyAlertsUnsigned": ({R + 'emergency_unsigned_total{reason="signing_failed"}': "0x12 1x18"},
+                                {R + 'emergency_unsigned_total{reason="signing_failed"}': "0x30"}),
+    "ServeRejectingRequests": (
+        {R + 'serve_rejected_total{endpoint="videos"}': "0+1x30",
+         R + 'serve_requests_total{endpoint="videos", path="none", status="503"}': "0+10x30"},
+        {R + 'serve_rejected_total{endpoint="videos"}': "0x30",
+         R + 'serve_requests_total{endpoint="videos", path="standard", status="200"}': "0+10x30"}),
+    "TrainingStalled": ({R + 'train_last_step_time_seconds{run="r"}': "0x30"},  # time() is 900 at 15m
+                        {R + 'train_last_step_time_seconds{run="r"}': "0+60x30"}),
+    "TrainingNaNStreak": ({R + 'train_nan_skips_total{run="r"}': "0x12 1 2x17"},
+                          {R + 'train_nan_skips_total{run="r"}': "0x30"}),
+    "TrainingDataStarved": ({R + 'train_data_wait_share{run="r"}': "0.7x30"},
+                            {R + 'train_data_wait_share{run="r"}': "0.2x30"}),
+}
+
+
+@pytest.mark.skipif(rules_check.shutil.which("promtool") is None, reason="promtool not installed (Debian: prometheus)")
+def test_each_alert_fires_on_its_situation_and_not_on_a_healthy_service(tmp_path):
+    rules = yaml.safe_load(rules_check.RULES_FILE.read_text())
+    exprs = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    tests = []
+    for alert, cases in ALERT_CASES.items():
+        for series, fires in zip(cases, (True, False)):
+            tests.append({"interval": "1m", "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                          "promql_expr_test": [{"expr": f"count({exprs[alert]})", "eval_time": "15m",
+                                                "exp_samples": [{"labels": "{}", "value": 1}] if fires else []}]})
+    spec = tmp_path / "rules-test.yml"
+    spec.write_text(yaml.safe_dump({"tests": tests}))
+    done = rules_check.subprocess.run([rules_check.shutil.which("promtool"), "test", "rules", str(spec)],
+                                      capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_the_rules_check_names_what_is_wrong():

@@ -1,7 +1,7 @@
 """Serve metrics: an ASGI middleware on the ingress that counts and times every answer from its
 status and response headers, and the hooks the generators and the emergency path call.
 
-Labels stay bounded: endpoints are the API's routes (anything else is `other`), the path comes
+`X-Provenance: unsigned` answers count as unsigned alerts. Labels stay bounded: endpoints are the API's routes (anything else is `other`), the path comes
 from X-Generation-Mode, and free-text fallback reasons ("emergency_generator_failed: ValueError;
 card not rendered within 0.4s ...") are reduced to FALLBACK_REASONS.
 """
@@ -52,6 +52,8 @@ def record_answer(endpoint: str, status: int, headers: dict[str, str], seconds: 
         record("aiprod_serve_rejected", 1, endpoint=endpoint)
     elif status == 504:
         record("aiprod_serve_deadline_missed", 1, endpoint=endpoint)
+    if headers.get("x-provenance") == "unsigned":  # only alerts go out unsigned (a standard video fails instead)
+        record("aiprod_emergency_unsigned", 1, reason="signing_failed")
     if path == "template":
         record("aiprod_serve_template_fallbacks", 1, reason=fallback_label(headers.get("x-fallback-reason", "")))
     elif path != "none" and status == 200:
@@ -116,5 +118,7 @@ def model_serving(a: Any, b: Any, fraction: float) -> None:
 
 
 def emergency_unsigned(reason: str = "signing_failed") -> None:
-    """An emergency alert went out without content credentials (keep `reason` to a few fixed words)."""
+    """An emergency alert went out without content credentials (keep `reason` to a few fixed words).
+    Answers of the HTTP API are counted by the middleware from `X-Provenance: unsigned`; call this
+    only for alerts that leave another way."""
     record("aiprod_emergency_unsigned", 1, reason=reason)
