@@ -75,8 +75,7 @@ def publish_adapter(root: Path, base: str, version: str, seed: int = 1) -> None:
     state = {k: torch.randn(v.shape, generator=noise) * 0.5 if "lora_B" in k else v
              for k, v in adapter_state(model).items()}
     registry = Registry(str(root))
-    entry = registry.store.entry_uri(base)
-    reference = {"ref": base, "registry": registry.root, "sha256": adapter_dir.weights_sha256(entry), "uri": entry}
+    reference = adapter_dir.base_reference(registry.store.entry_uri(base))
     directory = root.parent / f"adapter-{version}"
     adapter_dir.save(directory, state, spec.to_dict(), reference, cfg, version)
     registry.publish(directory, version)
