@@ -146,13 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     rules = Path(args[0]) if args else RULES_FILE
     dashboard = Path(args[1]) if len(args) > 1 else DASHBOARD_FILE
-    problems = check_rules(yaml.safe_load(rules.read_text(encoding="utf-8")))
-    problems += check_dashboard(json.loads(dashboard.read_text(encoding="utf-8")))
+    problems = [f"{rules}: {p}" for p in check_rules(yaml.safe_load(rules.read_text(encoding="utf-8")))]
+    problems += [f"{dashboard}: {p}" for p in check_dashboard(json.loads(dashboard.read_text(encoding="utf-8")))]
     checked = promtool(rules)
     if checked is not None and not checked[0]:
         problems.append(f"promtool check rules {rules}: {checked[1].strip()}")
     for problem in problems:
-        print(f"{rules.name if 'panel' not in problem else dashboard.name}: {problem}", file=sys.stderr)
+        print(problem, file=sys.stderr)
     if not problems:
         print(f"ok: {rules} ({'promtool and ' if checked else ''}schema), {dashboard}")
     return 1 if problems else 0
