@@ -1,11 +1,12 @@
 """The continuous fine-tuning cycle (jobs/finetune.py, aiprod.finetune) on a real local Ray cluster:
 a tiny production version in a registry, tiny synthetic shards, one short fine-tune per store.
 
-- local registry and storage: the candidate is published as the next minor version with a side-by-
-  side report; a margin it cannot meet keeps production; a rerun trains and publishes nothing and
-  prints the same line; a rerun with a margin it meets promotes the same candidate, still without
-  training; the rerun after that prints the same line again.
-- registry and storage on moto S3, with --ab: the A/B pointer, not production, goes to the candidate.
+- local registry and storage, LoRA (the default mode): the candidate is published as the next minor
+  version with a side-by-side report; a margin it cannot meet keeps production; a rerun trains and
+  publishes nothing and prints the same line; a rerun with a margin it meets promotes the same
+  candidate, still without training; the rerun after that prints the same line again.
+- registry, storage and data on moto S3, a full fine-tune with --ab: the A/B pointer, not
+  production, goes to the candidate; a rerun changes nothing.
 - planning (no training): the denoiser phases by default, bad input named (exit 2), a run left by
   a crash is resumed, version numbering.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from aiprod import storage
+from aiprod import adapter_dir, storage
 from aiprod.config import load_config
 from aiprod.finetune import CycleInputError, CycleOptions, next_version, plan_cycle, run_cycle
 from aiprod.registry import Registry
@@ -27,8 +28,8 @@ from tests.conftest import ROOT
 BASE = "pib-videogen-standard-v1.0.0-general"
 NEXT = "pib-videogen-standard-v1.1.0-general"
 # One short denoiser phase and a small evaluation: what the cycle does, not what it learns.
-TINY = ["curriculum.phases.1.steps=2", "checkpoint.every_steps=100", "eval.num_samples=2", "eval.seeds=[0]",
-        "eval.languages=[en]", "eval.steps=2", "eval.heldout_clips=2", "eval.gates={psnr_min: 0.0}"]
+TINY = ["curriculum.phases.1.steps=2", "checkpoint.every_steps=100", "train.workers=1", "eval.num_samples=2",
+        "eval.seeds=[0]", "eval.languages=[en]", "eval.steps=2", "eval.heldout_clips=2", "eval.gates={psnr_min: 0.0}"]
 UNREACHABLE = ["finetune.margin=-1.0"]  # beat production by 1 on every judge figure (0..1): no tiny model can
 LENIENT = ["finetune.margin=1.0"]
 
@@ -73,8 +74,9 @@ def registry_with_production(root: str, weights: Path) -> Registry:
     return registry
 
 
-def cycle(registry: str, data: str, runs: str, *overrides: str, ab: float | None = None) -> dict:
-    plan = plan_cycle(CycleOptions(registry=registry, data=data, storage=runs, mode="full", end_phase=1, ab=ab,
+def cycle(registry: str, data: str, runs: str, *overrides: str, mode: str | None = None,
+          ab: float | None = None) -> dict:
+    plan = plan_cycle(CycleOptions(registry=registry, data=data, storage=runs, mode=mode, end_phase=1, ab=ab,
                                    overrides=[*TINY, *overrides]))
     return run_cycle(plan)
 
@@ -88,8 +90,9 @@ def test_a_local_cycle_publishes_a_compared_candidate_keeps_production_when_wors
     root, runs = str(tmp_path / "registry"), str(tmp_path / "runs")
     registry = registry_with_production(root, production_weights)
 
-    kept = cycle(root, shards, runs, *UNREACHABLE)
+    kept = cycle(root, shards, runs, *UNREACHABLE)  # finetune.mode: lora, the default
     assert kept["status"] == "kept" and kept["candidate"] == NEXT and kept["base"] == BASE
+    assert kept["mode"] == "lora" and adapter_dir.read_meta(registry.resolve(NEXT))["base"]["ref"] == BASE
     assert registry.pointer("production") == BASE and kept["production"] == BASE
     assert kept["gates_passed"] and any("alignment_colour" in r and "margin -1" in r for r in kept["reasons"])
     report = registry.report(NEXT)
@@ -109,7 +112,7 @@ def test_a_local_cycle_publishes_a_compared_candidate_keeps_production_when_wors
 
     # the same data and production with a margin it meets: the same candidate is promoted, untrained again
     cli = _load_cli()
-    args = ["--registry", root, "--data", shards, "--storage", runs, "--mode", "full", "--end-phase", "1",
+    args = ["--registry", root, "--data", shards, "--storage", runs, "--mode", "lora", "--end-phase", "1",
             *TINY, *LENIENT]
     capsys.readouterr()
     assert cli.main(args) == 0
@@ -132,8 +135,9 @@ def test_a_cycle_on_moto_s3_with_ab_points_the_ab_share_at_the_candidate_not_pro
     storage.upload_dir(shards, data)
     registry = registry_with_production(root, production_weights)
 
-    result = cycle(root, data, runs, *LENIENT, ab=0.25)
-    assert result["status"] == "ab" and result["candidate"] == NEXT
+    result = cycle(root, data, runs, *LENIENT, mode="full", ab=0.25)
+    assert result["status"] == "ab" and result["candidate"] == NEXT and result["mode"] == "full"
+    assert not adapter_dir.is_adapter_dir(storage.join(root, NEXT))
     assert registry.pointer("production") == BASE == result["production"]
     assert registry.ab()["version"] == NEXT and registry.ab()["fraction"] == 0.25
     assert result["ab"] == {"version": NEXT, "fraction": 0.25}
@@ -143,7 +147,7 @@ def test_a_cycle_on_moto_s3_with_ab_points_the_ab_share_at_the_candidate_not_pro
     assert storage.exists(storage.join(result["run"], "final", "MANIFEST.sha256"))
 
     history = registry.history()
-    assert cycle(root, data, runs, *LENIENT, ab=0.25) == result
+    assert cycle(root, data, runs, *LENIENT, mode="full", ab=0.25) == result
     assert registry.history() == history  # no second publish, no second A/B event
 
 
@@ -183,7 +187,7 @@ def test_planning_takes_the_denoiser_phases_names_bad_input_and_resumes_a_crashe
 
 
 def test_the_next_version_is_one_minor_past_the_highest_of_its_kind():
-    taken = [BASE, "pib-videogen-standard-v1.3.0-general", "pib-videogen-standard-v2.0.0-general",
+    taken = [BASE, "pib-videogen-standard-v1.3.2-general", "pib-videogen-standard-v2.0.0-general",
              "pib-videogen-standard-v1.7.0-regional-in", "pib-videogen-emergency-v1.9.0-emergency"]
     cfg = load_config("tiny").registry
     assert next_version(BASE, taken, "minor", cfg) == "pib-videogen-standard-v1.4.0-general"

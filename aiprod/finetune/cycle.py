@@ -105,16 +105,9 @@ def plan_cycle(opts: CycleOptions) -> Plan:
     if problems:
         raise CycleInputError(f"registry: production {base} fails its manifest: " + "; ".join(problems))
     data = storage.absolute(opts.data)
-    key = CycleKey(base, data_digest(data), mode, _phased_digest(cfg, start, end))
+    key = CycleKey(base, data_digest(data), mode, config_digest(cfg, (start, end)))
     root = storage.absolute(opts.storage or cfg.train.storage)
     return Plan(registry, cfg, key, data, root, storage.join(root, key.run_name), start, end, opts)
-
-
-def _phased_digest(cfg: Config, start: int, end: int) -> str:
-    """The config digest, with the phases trained (another range is another cycle)."""
-    import hashlib
-
-    return hashlib.sha256(f"{config_digest(cfg)}:{start}-{end}".encode()).hexdigest()[:16]
 
 
 def _differences(mine: dict[str, Any], theirs: dict[str, Any], path: str) -> list[str]:

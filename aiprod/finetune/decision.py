@@ -26,9 +26,10 @@ class CycleInputError(ValueError):
     """Bad input to the cycle (no production, no data index, a model that is not production's): exit 2."""
 
 
-def config_digest(cfg: Config) -> str:
-    """sha256 (16 hex) of the settings that shape the trained weights and their evaluation."""
-    tree = cfg.to_dict()
+def config_digest(cfg: Config, phases: tuple[int, int]) -> str:
+    """sha256 (16 hex) of the settings that shape the trained weights and their evaluation, and of
+    the phases trained (another range is another cycle)."""
+    tree = {**cfg.to_dict(), "phases trained": list(phases)}
     for section, keys in UNHASHED.items():
         if keys is None:
             tree.pop(section, None)
