@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,7 +18,7 @@ from aiprod.config import load_config
 from aiprod.config.training import AnomalyConfig
 from aiprod.monitoring import catalog, rules_check, serve_metrics
 from aiprod.monitoring.anomaly import LossAnomalyDetector
-from tests.serve_app import AUTH, V1, deployed_app
+from tests.serve_app import V1, deployed_app
 
 SCRAPE_TIMEOUT_S = 30
 
@@ -131,7 +130,8 @@ def test_a_tune_trials_report_sets_its_figures(monkeypatch):
     from aiprod.monitoring import training_metrics
 
     seen = []
-    monkeypatch.setattr(training_metrics, "record", lambda name, value=1.0, **labels: seen.append((name, value, labels)))
+    monkeypatch.setattr(training_metrics, "record",
+                        lambda name, value=1.0, **labels: seen.append((name, value, labels)))
     training_metrics.trial_report("t1", {"val_objective": 0.25, "loss": 0.5, "global_step": 9, "val_s": 2.0})
     assert seen == [("aiprod_tune_trial_reports", 1, {"trial": "t1"}),
                     ("aiprod_tune_trial_objective", 0.25, {"trial": "t1"}),

@@ -55,10 +55,11 @@ class LossAnomalyDetector:
         if limit is not None and loss > limit:
             found.append(Anomaly("loss_spike", step, loss, self.ema, limit))
         self._update(loss if limit is None else min(loss, limit))
-        if self.seen == 1 or loss < self.best * (1 - self.cfg.plateau_min_improvement):
+        to_beat = self.best * (1 - self.cfg.plateau_min_improvement)
+        if self.seen == 1 or loss < to_beat:
             self.best, self.best_step = min(loss, self.best), step
         elif step - self.best_step >= self.cfg.plateau_steps:
-            found.append(Anomaly("loss_plateau", step, loss, self.best, self.best * (1 - self.cfg.plateau_min_improvement)))
+            found.append(Anomaly("loss_plateau", step, loss, self.best, to_beat))
             self.best_step = step  # once per window while it lasts
         return found
 

@@ -1,9 +1,10 @@
 """Serve metrics: an ASGI middleware on the ingress that counts and times every answer from its
 status and response headers, and the hooks the generators and the emergency path call.
 
-`X-Provenance: unsigned` answers count as unsigned alerts. Labels stay bounded: endpoints are the API's routes (anything else is `other`), the path comes
-from X-Generation-Mode, and free-text fallback reasons ("emergency_generator_failed: ValueError;
-card not rendered within 0.4s ...") are reduced to FALLBACK_REASONS.
+`X-Provenance: unsigned` answers count as unsigned alerts. Labels stay bounded: endpoints are the
+API's routes (anything else is `other`), the path comes from X-Generation-Mode, and free-text
+fallback reasons ("emergency_generator_failed: ValueError; card not rendered within 0.4s ...") are
+reduced to FALLBACK_REASONS.
 """
 
 from __future__ import annotations
