@@ -216,7 +216,7 @@ class PhaseTrainer:
         self.step_parts.clear()
         self.cur.record_step(loss, self.phase.batch_size * run.world * count)
         engine.schedule.time_fraction = self.cur.time_fraction()
-        stats = self.meter.stats(prog.step)
+        stats = self.meter.stats(prog.step, engine.schedule.time_fraction)
         run.log({"phase": self.index, "phase_name": prog.name, "step": prog.step, "loss": loss, "lr": engine.lr,
                  **{f"loss_{k}": v for k, v in parts.items()}, "samples_per_s": stats["samples_per_s"],
                  "data_wait_share": stats["data_wait_share"], "eta_s": stats["eta_s"],
