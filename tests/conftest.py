@@ -21,6 +21,16 @@ BUCKET = "aiprod-test"
 METRICS_REPORT_MS = 2000  # how often workers push metrics to the agent (Ray's default: 10 s)
 
 
+def load_job(name: str):
+    """jobs/NAME.py as a module (the jobs are scripts, not a package), to call its main(argv)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_job", ROOT / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,19 +15,12 @@ from aiprod.config import load_config
 from aiprod.models import build_model
 from aiprod.models.adapters import (AdapterSpec, adapter_state, add_adapters, is_adapter_key, merged_state,
                                     parameter_counts)
+from tests.conftest import load_job
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def load_job(name: str):
-    import importlib.util
 
-    from tests.conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 SPEC = AdapterSpec(rank=4)
 
 

@@ -3,7 +3,6 @@ jobs/evaluate.py reports on it per held-out clip and per bucket, with no synthet
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from aiprod.data.photo_footage import (FOOTAGE_SET, MOVES, Footage, camera_move,
                                        write_photo_videos)
 from aiprod.eval import metrics as m
 from aiprod.eval.measure import vae_per_clip_and_bucket
+from tests.conftest import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKETS = ["9x32x32", "9x24x40", "9x40x24"]
@@ -140,9 +140,7 @@ def test_evaluate_on_real_footage_reports_vae_per_clip_and_bucket(footage_shards
     torch.manual_seed(0)
     cfg = load_config("tiny", [f"curriculum.phases.5.buckets={json.dumps(BUCKETS)}"])
     VideoPipeline(cfg, build_model(cfg.model)).save_pretrained(tmp_path / "model")
-    spec = importlib.util.spec_from_file_location("evaluate_job", ROOT / "jobs" / "evaluate.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_job("evaluate")
     rc = job.main(["--checkpoint", str(tmp_path / "model"), "--data", str(footage_shards), "--out",
                    str(tmp_path / "report"), "eval.num_samples=1", "eval.seeds=[0]", "eval.languages=[en]",
                    "eval.steps=1"])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from aiprod.eval.gates import passes_gates
+from tests.conftest import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = "pib-videogen-standard-v0.1.0-general"
@@ -135,12 +136,7 @@ def test_evaluate_writes_both_reports(tmp_path, run_dir, shards):
 
 
 def _evaluate_in_process(capsys, *args: str) -> tuple[int, str]:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("evaluate_job", ROOT / "jobs" / "evaluate.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    rc = job.main(list(args))
+    rc = load_job("evaluate").main(list(args))
     return rc, capsys.readouterr().err
 
 

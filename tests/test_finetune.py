@@ -13,7 +13,6 @@ a tiny production version in a registry, tiny synthetic shards, one short fine-t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from aiprod import adapter_dir, storage
 from aiprod.config import load_config
 from aiprod.finetune import CycleInputError, CycleOptions, next_version, plan_cycle, run_cycle
 from aiprod.registry import Registry
-from tests.conftest import ROOT
+from tests.conftest import load_job
 
 BASE = "pib-videogen-standard-v1.0.0-general"
 NEXT = "pib-videogen-standard-v1.1.0-general"
@@ -35,10 +34,7 @@ LENIENT = ["finetune.margin=1.0"]
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location("finetune_cli", ROOT / "jobs" / "finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job("finetune")
 
 
 @pytest.fixture(scope="module")

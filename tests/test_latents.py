@@ -176,13 +176,9 @@ def test_a_cache_on_s3_is_encoded_and_read_back(ray_cluster, trained_run, cfg, s
 
 
 def test_encode_latents_cli_names_a_missing_vae_and_exits_2(shards, tmp_path, capsys):
-    import importlib.util
+    from tests.conftest import load_job
 
-    from tests.conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("encode_cli", ROOT / "jobs" / "encode_latents.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_job("encode_latents")
     assert cli.main(["--data", shards, "--vae", str(tmp_path / "nothing"), "--out", str(tmp_path / "c")]) == 2
     assert "nothing" in capsys.readouterr().err
 

@@ -13,7 +13,6 @@ SIGKILLs, real moto S3. Scenarios are combined so the file runs a handful of cur
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -34,16 +33,13 @@ from aiprod.data.bad_samples import TrainingDataError
 from aiprod.manifest import verify_manifest
 from aiprod.training import checkpoint as ckpt
 from aiprod.training.runner import RunOptions, run_curriculum
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, load_job
 
 PHASE_TIMEOUT_S = 900
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location("curriculum_cli", ROOT / "jobs" / "curriculum.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job("curriculum")
 
 
 @pytest.fixture(scope="module")

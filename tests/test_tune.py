@@ -6,7 +6,6 @@ the finished trial is not run again, and its best.yaml drives the curriculum job
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -24,6 +23,7 @@ from aiprod.config import ConfigError, load_config, load_overrides_file, validat
 from aiprod.tuning import space
 from aiprod.tuning.search import SearchOptions, auto_concurrency, max_reports, run_search
 from aiprod.tuning.trial import STARTS_DIR, TRIALS_DIR, finished_results
+from tests.conftest import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,9 +165,7 @@ def test_best_yaml_feeds_the_curriculum_job(s3_search, shards, tmp_path):
     assert overrides["diffusion.noise_lambda"] == pytest.approx(summary["best"]["params"]["diffusion.noise_lambda"])
     assert load_overrides_file(best)  # the same reader jobs/curriculum.py uses
 
-    spec = importlib.util.spec_from_file_location("curriculum_job", ROOT / "jobs" / "curriculum.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_job("curriculum")
     code = job.main(["--preset", "tiny", "--overrides-file", str(best), "--data", shards,
                      "--storage", str(tmp_path / "runs"), "--run-name", "best", "--start-phase", "1",
                      "--end-phase", "1", "--workers", "1", "curriculum.phases.1.steps=3"])
