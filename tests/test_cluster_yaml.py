@@ -66,6 +66,21 @@ def test_cluster_yaml_shape(cluster):
     assert any("bash scripts/system_deps.sh" in c for c in cluster["setup_commands"])
 
 
+def test_every_node_can_sign_with_the_configured_c2pa_keys(cluster):
+    """The cluster preset signs with env:AIPROD_C2PA_CERT / env:AIPROD_C2PA_KEY: every raylet has
+    them, pointing at files `ray up` copies from the operator's ~/.aiprod/c2pa/."""
+    from aiprod.config import load_config
+
+    prov = load_config("cluster").provenance
+    assert (prov.cert, prov.key) == ("env:AIPROD_C2PA_CERT", "env:AIPROD_C2PA_KEY")
+    mounts = cluster["file_mounts"]
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in cluster[key] if "ray start" in c)
+        for var in ("AIPROD_C2PA_CERT", "AIPROD_C2PA_KEY"):
+            path = start.split(f"{var}=", 1)[1].split(";", 1)[0].split()[0]
+            assert mounts.get(path) == path, f"{key}: {var}={path} is not a file ray up copies"
+
+
 def _set(cluster, path, value):
     node = cluster
     for key in path[:-1]:
