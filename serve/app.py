@@ -166,7 +166,8 @@ class Ingress:
         except Exception as exc:  # noqa: BLE001 - an emergency is never answered with an error
             alert = AlertRequest(body.emergency_type)
             result = self.cards.default(alert, f"ingress_failed: {type(exc).__name__}", started)
-            return await self._alert_response(result, alert, body.deadline_s or self.cfg.serve.emergency_deadline_s)
+            return await self._alert_response(result, alert, body.deadline_s or self.cfg.serve.emergency_deadline_s,
+                                              started)
 
     async def _alert(self, body: EmergencyRequest, request: Request, started: float) -> Response:
         deadline_s = body.deadline_s or self.cfg.serve.emergency_deadline_s
@@ -180,7 +181,7 @@ class Ingress:
             response = self.emergency.handle.remote(job)
             try:
                 result = await asyncio.wait_for(response, budget)
-                return await self._alert_response(result, alert, deadline_s)
+                return await self._alert_response(result, alert, deadline_s, started)
             except BackPressureError:
                 reason = "overloaded"
             except TimeoutError:
@@ -189,15 +190,24 @@ class Ingress:
             except Exception as exc:  # noqa: BLE001 - an emergency is never answered with an error
                 reason = f"emergency_generator_failed: {type(exc).__name__}"
         render_by = started + deadline_s - self.cfg.serve.alert_margin_s
-        return await self._alert_response(await self.cards.render(alert, reason, render_by), alert, deadline_s)
+        return await self._alert_response(await self.cards.render(alert, reason, render_by), alert, deadline_s,
+                                          started)
 
-    async def _alert_response(self, result, alert: AlertRequest, deadline_s: float) -> Response:
+    async def _alert_response(self, result, alert: AlertRequest, deadline_s: float, started: float) -> Response:
         template = result.mode == "template"
         facts = Facts("template" if template else "model", result.mode, alert.language,
                       alert_prompt(alert.emergency_type, alert.headline, alert.instructions, alert.region),
                       model_version=None if template else result.version)
-        # Unsigned beats unanswered: a signing failure is counted (Provenance.unsigned) and logged.
-        mp4, signed = await asyncio.to_thread(self.provenance.sign_alert, result.mp4, facts)
+        # Unsigned beats late or unanswered: a signing failure, or no free signer (or thread) before half
+        # the alert margin is left, sends it unsigned, counted (Provenance.unsigned) and logged.
+        sign_by = started + deadline_s - self.cfg.serve.alert_margin_s / 2
+        try:
+            mp4, signed = await asyncio.wait_for(
+                asyncio.to_thread(self.provenance.sign_alert, result.mp4, facts, sign_by),
+                max(0.0, sign_by - time.time()) + 0.05)
+        except TimeoutError:
+            self.provenance.count_unsigned("no thread free to sign before the deadline")
+            mp4, signed = result.mp4, False
         headers = {
             "X-Provenance": "signed" if signed else "unsigned",
             "X-Model-Version": result.version,

@@ -143,6 +143,26 @@ def test_an_alert_that_cannot_be_signed_is_answered_unsigned_and_counted(dev_dir
     assert signer.info()["unsigned"] == 1 and signer.info()["signed"] == 0
 
 
+def test_an_alert_waits_for_the_signer_only_until_its_deadline_then_goes_unsigned(dev_dir, video):
+    """100 alerts at once queue for the one native signer: one whose time runs out while another signs
+    is answered unsigned at once instead of late (the ingress signs by half its alert margin)."""
+    import threading
+    import time
+
+    signer = Provenance(ProvenanceConfig(dev_dir=dev_dir))
+    facts = Facts("template", "template", "en", "flood")
+    assert signer.sign_alert(video, facts, by=time.time() + 5)[1] is True  # a free signer signs
+    with signer._lock:  # another alert is being signed
+        started = time.monotonic()
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(out=signer.sign_alert(video, facts, time.time() + 0.2)))
+        worker.start()
+        worker.join(5)
+        waited = time.monotonic() - started
+    assert result["out"] == (video, False) and 0.15 < waited < 2
+    assert signer.info()["unsigned"] == 1
+
+
 def test_the_cli_alert_is_signed_as_a_template_card(tmp_path, monkeypatch, dev_dir):
     from aiprod.emergency.render import main as render_main
 

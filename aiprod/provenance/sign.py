@@ -16,6 +16,7 @@ import hashlib
 import io
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -109,34 +110,48 @@ class Provenance:
             raise SigningError(f"provenance: the certificate and key from {self.keys.source} cannot sign: "
                                f"{exc}") from exc
         self._lock = threading.Lock()  # one native signer, used from the ingress's threads
+        self._count_lock = threading.Lock()
         self.signed = 0
         self.unsigned = 0  # emergency answers that went out without a manifest (sign_alert)
 
-    def sign(self, mp4: bytes, facts: Facts) -> bytes:
-        """`mp4` with its manifest embedded (SigningError when the library refuses)."""
+    def sign(self, mp4: bytes, facts: Facts, by: float | None = None) -> bytes:
+        """`mp4` with its manifest embedded (SigningError when the library refuses, or when the one
+        native signer is not free before `by`, a time.time())."""
         import c2pa
 
         manifest = manifest_for(facts, self.keys, self.cfg.prompt)
         out = io.BytesIO()
+        if by is None:
+            acquired = self._lock.acquire()
+        else:
+            left = by - time.time()
+            acquired = self._lock.acquire(timeout=left) if left > 0 else self._lock.acquire(blocking=False)
+        if not acquired:
+            raise SigningError("provenance: no time left to sign before the answer's deadline")
         try:
-            with self._lock, c2pa.Builder(manifest) as builder:
+            with c2pa.Builder(manifest) as builder:
                 builder.sign(self._signer, MP4, io.BytesIO(mp4), out)
                 self.signed += 1
         except c2pa.C2paError as exc:
             raise SigningError(f"provenance: signing failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._lock.release()
         return out.getvalue()
 
-    def sign_alert(self, mp4: bytes, facts: Facts) -> tuple[bytes, bool]:
-        """An alert is answered even when it cannot be signed: (signed mp4, True) or (mp4, False),
-        counted in `unsigned` and logged."""
+    def sign_alert(self, mp4: bytes, facts: Facts, by: float | None = None) -> tuple[bytes, bool]:
+        """An alert is answered even when it cannot be signed (a failure, or no time before `by`):
+        (signed mp4, True) or (mp4, False), counted in `unsigned` and logged."""
         try:
-            return self.sign(mp4, facts), True
+            return self.sign(mp4, facts, by), True
         except Exception as exc:  # noqa: BLE001 - an emergency is never answered with an error
-            with self._lock:
-                self.unsigned += 1
-            log.warning("emergency alert answered unsigned (%d so far): %s: %s", self.unsigned,
-                        type(exc).__name__, exc)
+            self.count_unsigned(f"{type(exc).__name__}: {exc}")
             return mp4, False
+
+    def count_unsigned(self, why: str) -> None:
+        """An emergency answer that leaves without a manifest."""
+        with self._count_lock:
+            self.unsigned += 1
+        log.warning("emergency alert answered unsigned (%d so far): %s", self.unsigned, why)
 
     def sign_file(self, path: str | Path, facts: Facts) -> None:
         """Sign an MP4 file in place (written to a temporary name, then renamed)."""
