@@ -88,9 +88,10 @@ def resolve_base(meta: dict[str, Any], registry_root: str | None = None) -> str:
             except Exception as exc:  # noqa: BLE001 - try the next registry; all failures are named below
                 tried.append(f"{root}: {exc}")
                 continue
-            if weights_sha256(candidate) == base["sha256"]:
+            sha = weights_sha256(candidate)
+            if sha == base["sha256"]:
                 return candidate
-            tried.append(f"{candidate}: weights sha256 {weights_sha256(candidate)[:12]} != {base['sha256'][:12]}")
+            tried.append(f"{candidate}: weights sha256 {sha[:12]} != {base['sha256'][:12]}")
     for path in dict.fromkeys(p for p in (base.get("uri"), None if base.get("registry") else ref) if p):
         if not storage.exists(path):
             tried.append(f"{path}: does not exist")

@@ -33,10 +33,6 @@ UNREACHABLE = ["finetune.margin=-1.0"]  # beat production by 1 on every judge fi
 LENIENT = ["finetune.margin=1.0"]
 
 
-def _load_cli():
-    return load_job("finetune")
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
     from aiprod.data.synthetic_shards import build_synthetic_shards
@@ -107,7 +103,7 @@ def test_a_local_cycle_publishes_a_compared_candidate_keeps_production_when_wors
     assert registry.history() == history and step_lines(kept["run"]) == steps
 
     # the same data and production with a margin it meets: the same candidate is promoted, untrained again
-    cli = _load_cli()
+    cli = load_job("finetune")
     args = ["--registry", root, "--data", shards, "--storage", runs, "--mode", "lora", "--end-phase", "1",
             *TINY, *LENIENT]
     capsys.readouterr()
@@ -150,7 +146,7 @@ def test_a_cycle_on_moto_s3_with_ab_points_the_ab_share_at_the_candidate_not_pro
 def test_planning_takes_the_denoiser_phases_names_bad_input_and_resumes_a_crashed_run(
         shards, production_weights, tmp_path, monkeypatch, capsys):
     root = str(tmp_path / "registry")
-    cli = _load_cli()
+    cli = load_job("finetune")
     assert cli.main(["--registry", root, "--data", shards]) == 2
     assert "has no production version" in capsys.readouterr().err
 

@@ -38,10 +38,6 @@ from tests.conftest import ROOT, free_port, load_job
 PHASE_TIMEOUT_S = 900
 
 
-def _load_cli():
-    return load_job("curriculum")
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
     from aiprod.data.synthetic_shards import build_synthetic_shards
@@ -106,7 +102,7 @@ def test_bad_config_fails_before_any_worker_starts(ray_cluster, shards, tmp_path
     assert "offload_params needs train.zero_stage=3" in message
     assert not (tmp_path / "bad").exists()  # nothing written, no trainer created
 
-    cli = _load_cli()
+    cli = load_job("curriculum")
     code = cli.main(["--preset", "tiny", "--data", str(tmp_path / "nowhere"), "--storage", str(tmp_path),
                      "--run-name", "bad2"])
     assert code == 2 and "no index.json" in capsys.readouterr().err
@@ -154,7 +150,7 @@ def test_a_corrupt_shard_stops_every_worker_once_naming_it_and_the_run_resumes_o
                                           end_phase=0, resume=True))
     assert done["status"] == "finished" and done["phases"][0]["steps"] == cfg.curriculum.phases[0].steps
 
-    cli = _load_cli()  # the CLI's exit status for bad data is 3, its message names the shard
+    cli = load_job("curriculum")  # the CLI's exit status for bad data is 3, its message names the shard
     for path, raw in damaged.items():
         path.write_bytes(raw)
     code = cli.main(["--preset", "tiny", "--data", str(data), "--storage", str(tmp_path), "--run-name", "cli",
@@ -164,7 +160,7 @@ def test_a_corrupt_shard_stops_every_worker_once_naming_it_and_the_run_resumes_o
 
 @pytest.mark.parametrize("name", ["a b", "x\n", "a\\b", "..", "-x", "a/b", ""])
 def test_run_names_are_checked_against_one_pattern_before_ray_starts(name, tmp_path, capsys):
-    cli = _load_cli()
+    cli = load_job("curriculum")
     code = cli.main(["--preset", "tiny", "--data", str(tmp_path), "--storage", str(tmp_path), f"--run-name={name}"])
     assert code == 2 and "--run-name" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -239,7 +235,7 @@ def test_zero3_on_s3_resume_after_driver_kill_falls_back_past_corrupt_checkpoint
     storage.write_bytes_atomic(target, bytes(blob))
     logged_before = len(step_records(read_metrics(run)))
 
-    cli = _load_cli()  # --resume without --preset: the run's own config.yaml from S3
+    cli = load_job("curriculum")  # --resume without --preset: the run's own config.yaml from S3
     assert cli.main(["--run-name", "z3", "--storage", s3_uri, "--data", shards, "--resume"]) == 0
 
     metrics = read_metrics(run)

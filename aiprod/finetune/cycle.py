@@ -36,6 +36,7 @@ from aiprod.finetune.decision import CycleInputError, CycleKey, compared_to, con
     next_version
 from aiprod.manifest import MANIFEST
 from aiprod.registry import Registry, RegistryError, VersionExistsError, parse_version
+from aiprod.registry.names import REPORT  # the eval report's name, as a registry entry holds it
 
 CYCLE_FILE = "cycle.json"  # RUN/cycle.json: the decision's JSON line, as last printed
 REPORT_DIR = "report"
@@ -175,7 +176,9 @@ def train(plan: Plan, start_ray: Callable[[Config], None] | None) -> str:
     from aiprod.training.run_options import RunOptions, run_exists
     from aiprod.training.runner import run_curriculum
 
-    final = storage.join(plan.run_uri, "final")
+    from aiprod.training.run_outputs import FINAL_DIR
+
+    final = storage.join(plan.run_uri, FINAL_DIR)
     if _finished(plan.run_uri):
         _say(f"run {plan.run_uri} finished already: not training again")
         return final
@@ -193,11 +196,13 @@ def train(plan: Plan, start_ray: Callable[[Config], None] | None) -> str:
 
 
 def _finished(run_uri: str) -> bool:
+    from aiprod.training.run_outputs import FINAL_DIR, SUMMARY_FILE
+
     try:
-        summary = json.loads(storage.read_text(storage.join(run_uri, "summary.json")))
+        summary = json.loads(storage.read_text(storage.join(run_uri, SUMMARY_FILE)))
     except (FileNotFoundError, json.JSONDecodeError):
         return False
-    return summary.get("status") == "finished" and storage.exists(storage.join(run_uri, "final", MANIFEST))
+    return summary.get("status") == "finished" and storage.exists(storage.join(run_uri, FINAL_DIR, MANIFEST))
 
 
 def evaluate_side_by_side(plan: Plan, final: str) -> dict[str, Any]:
@@ -206,7 +211,7 @@ def evaluate_side_by_side(plan: Plan, final: str) -> dict[str, Any]:
     from aiprod.eval.report import evaluate, json_safe
 
     out = storage.join(plan.run_uri, REPORT_DIR)
-    done = storage.join(out, "report.json")
+    done = storage.join(out, REPORT)
     if storage.exists(done):
         report = json.loads(storage.read_text(done))
         if (report.get("finetune") or {}).get("key") == plan.key.key:
@@ -222,7 +227,7 @@ def evaluate_side_by_side(plan: Plan, final: str) -> dict[str, Any]:
         report["finetune"] = {**plan.key.record(), "run": plan.run_uri, "data": plan.data,
                               "phases": [plan.start_phase, plan.end_phase]}
         report = json_safe(report)
-        storage.write_text_atomic(local / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        storage.write_text_atomic(local / REPORT, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         if storage.is_s3(out):
             storage.upload_dir(local, out)
     return report
@@ -279,5 +284,5 @@ def decide_and_act(plan: Plan, candidate: str) -> dict[str, Any]:
             "ab": {"version": ab["version"], "fraction": ab["fraction"]} if ab else None,
             "mode": cycle.get("mode", plan.key.mode), "key": cycle.get("key", plan.key.key),
             "run": cycle.get("run", plan.run_uri),
-            "report": storage.join(reg.store.entry_uri(candidate), "report.json"),
+            "report": storage.join(reg.store.entry_uri(candidate), REPORT),
             "gates_passed": decision.gates_passed, "reasons": decision.reasons, "judge": decision.judge}

@@ -14,7 +14,7 @@ an adapter is used: it brings transformers with it (~10 s to import).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,7 +36,6 @@ class AdapterSpec:
     dropout: float = 0.0
     targets: tuple[str, ...] = DEFAULT_TARGETS  # module names inside each transformer block
     text_encoder: bool = False  # also adapt the text encoder's blocks
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in ADAPTER_MODES:
@@ -104,11 +103,6 @@ def mark_adapters_trainable(model: nn.Module) -> None:
 def adapter_state(model_or_state: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
     return {k: v.detach().float().cpu().clone() for k, v in state.items() if is_adapter_key(k)}
-
-
-def base_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The plain (unadapted) weights inside an adapted state dict."""
-    return {k.replace(_BASE_KEY, "."): v for k, v in state.items() if not is_adapter_key(k)}
 
 
 def apply_adapter(model: nn.Module, spec: AdapterSpec, adapter: dict[str, torch.Tensor]) -> nn.Module:
