@@ -5,6 +5,7 @@ aiprod series scraped over HTTP from Ray's metrics agent after Serve requests an
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 
@@ -351,8 +352,14 @@ def test_a_tiny_training_run_exports_its_progress_nan_skips_and_anomalies(
     assert total(seen, "ray_aiprod_train_nan_skips_total", **run) == nans
     assert total(seen, "ray_aiprod_train_anomalies_total", kind="loss_plateau", **run) == len(plateaus)
     assert total(seen, "ray_aiprod_train_checkpoints_total", why="phase_end", **run) == 1
-    for name in ("loss", "lr", "samples_per_second", "eta_seconds", "checkpoint_seconds", "last_step_time_seconds",
-                 "device_memory_bytes"):
+    for name in ("loss", "samples_per_second", "checkpoint_seconds", "last_step_time_seconds", "device_memory_bytes"):
         assert total(seen, f"ray_aiprod_train_{name}", **run) > 0, name
+    # 8 steps may end inside one report interval, so these gauges may only ever show the last step's value (lr 0
+    # at the end of the decay, ETA 0): each is exported and holds a value the run logged
+    for name, key in (("lr", "lr"), ("eta_seconds", "eta_s")):
+        logged = [r[key] for r in records if key in r]
+        exported = [v for (n, ls), v in seen.items() if n == f"ray_aiprod_train_{name}" and ("run", "mon") in ls]
+        assert exported and logged, name
+        assert all(any(math.isclose(v, x, rel_tol=1e-6, abs_tol=1e-9) for x in logged) for v in exported), name
     assert 0 <= total(seen, "ray_aiprod_train_data_wait_share", **run) <= 1
     assert total(seen, "ray_aiprod_train_step_seconds_count", **run) >= 5
