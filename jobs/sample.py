@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from aiprod import adapter_dir  # noqa: E402
 from aiprod.diffusion.pipeline import MODES, VideoPipeline  # noqa: E402
 from aiprod.model_dir import CheckpointError  # noqa: E402
 from aiprod.provenance import Facts, Provenance  # noqa: E402
@@ -75,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sample: {exc}", file=sys.stderr)
         return 2
     pipe.write_mp4(frames, args.out, args.fps)
-    provenance.sign_file(args.out, Facts("model", args.mode, args.language, args.prompt, model_version=pipe.version))
+    base, adapter = pipe.version, None
+    if adapter_dir.is_adapter_dir(args.checkpoint):  # its credentials name the base and the adapter on it
+        meta = adapter_dir.read_meta(args.checkpoint)["base"]  # a registry version, else the weights' hash
+        base, adapter = meta["ref"] if meta["registry"] else f"sha256:{meta['sha256']}", pipe.version
+    provenance.sign_file(args.out, Facts("model", args.mode, args.language, args.prompt, model_version=base,
+                                         adapter=adapter))
     print(json.dumps({
         "out": args.out, "frames": int(frames.shape[0]), "height": int(frames.shape[1]),
         "width": int(frames.shape[2]), "fps": args.fps, "mode": args.mode, "version": pipe.version,

@@ -79,6 +79,13 @@ def test_an_adapter_directory_is_small_and_loads_as_its_base_plus_the_adapter(tm
     merged = model_dir.read_weights(tmp_path / "merged")  # plain full weights, no adapter directory
     assert not adapter_dir.is_adapter_dir(tmp_path / "merged")
     assert all(torch.equal(merged[k], v.float()) for k, v in pipe.model.state_dict().items())
+    out = tmp_path / "tuned.mp4"
+    assert sample_cli.main(["--checkpoint", str(tmp_path / "adapter"), "--prompt", "a red circle", "--out", str(out),
+                            "--seconds", "0.5", "--height", "32", "--width", "32", "--steps", "2"]) == 0
+    from aiprod.provenance import verify_file
+
+    credentials = verify_file(out)  # a base outside a registry is named by its weights' hash
+    assert (credentials["model_version"], credentials["adapter"]) == (f"sha256:{base['sha256']}", "unversioned")
 
     model_dir.save(tmp_path / "base", build_model(cfg.model).state_dict(), cfg)  # another base, same path
     with pytest.raises(CheckpointError, match="adapter base .*base.*sha256"):

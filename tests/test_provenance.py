@@ -52,6 +52,18 @@ def test_a_signed_video_verifies_with_what_made_it(signer, video):
     assert verdict["created"].endswith("Z")
     assert verdict["development_certificate"] is True and "development" in verdict["signer"]
     assert len(verdict["prompt_sha256"]) == 64 and PROMPT.encode() not in signed  # a hash, not the prompt
+    assert verdict["adapter"] is None and verdict["notes"] == []
+
+
+def test_an_adapters_video_names_base_and_adapter_and_a_card_says_what_fell_back(signer, video):
+    tuned = Facts("model", "standard", "hi", PROMPT, model_version="pib-videogen-standard-v1.2.0-general",
+                  adapter="pib-videogen-standard-v1.3.0-regional-hi")
+    verdict = verify_bytes(signer.sign(video, tuned))
+    assert verdict["valid"] and verdict["model_version"] == "pib-videogen-standard-v1.2.0-general"
+    assert verdict["adapter"] == "pib-videogen-standard-v1.3.0-regional-hi"
+    card = Facts("template", "template", "ta", "flood", notes=("no ta default wording for flood; English used",))
+    verdict = verify_bytes(signer.sign(video, card))
+    assert verdict["language"] == "ta" and verdict["notes"] == ["no ta default wording for flood; English used"]
 
 
 def test_a_template_card_is_algorithmic_media(signer, video):

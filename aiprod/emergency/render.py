@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     provenance = Provenance()
     alert = render_alert(request, seconds=args.seconds)
     prompt = alert_prompt(request.emergency_type, request.headline, request.instructions, request.region)
-    Path(args.out).write_bytes(provenance.sign(alert.mp4, Facts("template", "template", request.language, prompt)))
+    facts = Facts("template", "template", request.language, prompt, notes=tuple(alert.notes))
+    Path(args.out).write_bytes(provenance.sign(alert.mp4, facts))
     print(f"{args.out}: {alert.template_id} {alert.frames} frames {alert.width}x{alert.height} "
           f"in {alert.render_s:.2f}s, signed by {provenance.keys.signer}"
           + "".join(f"\n  note: {n}" for n in alert.notes))

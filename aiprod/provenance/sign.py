@@ -53,7 +53,9 @@ class Facts:
     mode: str  # standard | emergency | template
     language: str
     prompt: str  # the request's text; recorded per provenance.prompt (sha256 by default)
-    model_version: str | None = None  # the registry version that generated it
+    model_version: str | None = None  # the registry version that generated it (an adapter's base)
+    adapter: str | None = None  # the registry adapter folded into that base, when one answered
+    notes: tuple[str, ...] = ()  # what differs from the request, e.g. a card drawn in English
     when: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc))
 
 
@@ -74,6 +76,10 @@ def manifest_for(facts: Facts, keys: SigningKeys, prompt_mode: str) -> dict[str,
         "created": when,
         "signing_certificate": "development (self-signed, not for publication)" if keys.development else "configured",
     }
+    if facts.adapter:
+        generation["adapter"] = facts.adapter
+    if facts.notes:
+        generation["notes"] = list(facts.notes)
     if prompt_mode == "sha256":
         generation["prompt_sha256"] = hashlib.sha256(facts.prompt.encode("utf-8")).hexdigest()
     elif prompt_mode == "text":

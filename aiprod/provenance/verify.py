@@ -63,10 +63,12 @@ def verify_bytes(data: bytes, trust_anchors: str | Path | None = None) -> dict[s
         "source_type": str(actions[0].get("digitalSourceType", "")).removeprefix(IPTC),
         "generator": generation.get("generator"),
         "model_version": generation.get("model_version"),
+        "adapter": generation.get("adapter"),
         "mode": generation.get("mode"),
         "language": generation.get("language"),
         "prompt_sha256": generation.get("prompt_sha256"),
         "created": generation.get("created"),
+        "notes": generation.get("notes", []),
         "validation_state": state,
         "failures": failures,  # validation codes; signingCredential.untrusted alone leaves a manifest valid
     }
