@@ -13,6 +13,7 @@ The logic lives in aiprod.serving; this file maps it to Serve and HTTP.
 
 import asyncio
 import json
+import math
 import os
 import time
 from typing import Any
@@ -97,9 +98,9 @@ class Ingress:
                     f"replica; set it (e.g. runtime_env env_vars) or set serve.api_key_env=null"
                 )
 
-    def _unavailable(self, message: str) -> JSONResponse:
-        return JSONResponse({"detail": message}, status_code=503,
-                            headers={"Retry-After": str(self.cfg.serve.retry_after_s)})
+    def _unavailable(self, message: str, retry_after_s: float | None = None) -> JSONResponse:
+        retry = self.cfg.serve.retry_after_s if retry_after_s is None else max(1, math.ceil(retry_after_s))
+        return JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": str(retry)})
 
     # ------------------------------------------------------------------------ standard
 
@@ -127,8 +128,8 @@ class Ingress:
             response.cancel()
             return JSONResponse({"detail": f"deadline of {deadline_s}s passed"}, status_code=504)
         if result.status != "ok":
-            if result.status in ("no_model", "busy"):
-                return self._unavailable(result.message)
+            if result.status in ("no_model", "busy", "adapter_unavailable"):
+                return self._unavailable(result.message, result.retry_after_s)
             if result.status == "too_costly":
                 return validation_error_response([{"loc": ["body", "deadline_s"], "msg": result.message,
                                                    "type": "value_error", "input": deadline_s}])
@@ -136,7 +137,8 @@ class Ingress:
                 return validation_error_response([{"loc": ["body", "adapter"], "msg": result.message,
                                                    "type": "value_error", "input": body.adapter}])
             return JSONResponse({"detail": result.message}, status_code=STATUS_FOR[result.status])
-        facts = Facts("model", "standard", body.language, body.prompt, model_version=result.version)
+        facts = Facts("model", "standard", body.language, body.prompt, model_version=result.version,
+                      adapter=result.adapter or None)
         try:
             mp4 = await asyncio.to_thread(self.provenance.sign, result.mp4, facts)
         except SigningError as exc:  # a standard video never leaves unsigned
@@ -197,7 +199,7 @@ class Ingress:
         template = result.mode == "template"
         facts = Facts("template" if template else "model", result.mode, alert.language,
                       alert_prompt(alert.emergency_type, alert.headline, alert.instructions, alert.region),
-                      model_version=None if template else result.version)
+                      model_version=None if template else result.version, notes=tuple(result.notes))
         # Unsigned beats late or unanswered: a signing failure, or no free signer (or thread) before half
         # the alert margin is left, sends it unsigned, counted (Provenance.unsigned) and logged.
         sign_by = started + deadline_s - self.cfg.serve.alert_margin_s / 2

@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -172,6 +173,11 @@ def test_emergency_answers_from_templates_when_model_fails_or_is_slow(served):
         state, assertions = c2pa_manifest(r.content)
         assert state == "Valid" and source_type(assertions) == "algorithmicMedia"
         assert assertions["org.aiprod.generation"]["model_version"] is None
+        assert "notes" not in assertions["org.aiprod.generation"]
+        r = served.emergency(emergency_type="cyclone", language="en", region="Puri \u10d7")  # Georgian: no font
+        assert r.status_code == 200 and "GEORGIAN" in r.headers["x-template-note"]
+        [note] = c2pa_manifest(r.content)[1]["org.aiprod.generation"]["notes"]  # the credentials say so too
+        assert note.startswith("region: no font for GEORGIAN") and note.endswith("those characters left out")
 
         served.deploy(fault={"emergency_model_delay_s": 30})
         start = time.monotonic()
@@ -318,6 +324,9 @@ def test_a_request_with_an_adapter_is_answered_by_that_adapter_on_its_arm(served
     assert tuned.status_code == 200, tuned.text
     assert (tuned.headers["x-adapter"], tuned.headers["x-model-version"]) == (HI_ON_V1, V1)
     assert "x-adapter" not in base.headers
+    generation = c2pa_manifest(tuned.content)[1]["org.aiprod.generation"]  # the credentials name both
+    assert (generation["model_version"], generation["adapter"]) == (V1, HI_ON_V1)
+    assert "adapter" not in c2pa_manifest(base.content)[1]["org.aiprod.generation"]
     assert np.abs(decode(tuned.content)[2].astype(int) - decode(base.content)[2].astype(int)).mean() > 1
     assert served.http.get("/v1/models", headers=AUTH).json()["standard"]["adapters"]["cached"] == [HI_ON_V1]
     with ThreadPoolExecutor(2) as pool:  # the adapter is loaded now: both within one batch wait
@@ -333,6 +342,25 @@ def test_an_adapter_the_serving_model_lacks_is_422_naming_it(served, adapters):
         assert r.status_code == 422, r.text
         [error] = r.json()["detail"]
         assert error["loc"][-1] == "adapter" and re.search(says, error["msg"]), error
+
+
+def test_an_adapter_that_fails_to_load_is_503_with_retry_after_and_is_not_reloaded_per_request(served, adapters):
+    from aiprod import adapter_dir
+    from aiprod.registry import Registry
+
+    broken = "pib-videogen-standard-v1.0.0-regional-bn"
+    publish_adapter(served.registry_root, V1, broken)
+    weights = Path(Registry(str(served.registry_root)).store.entry_uri(broken)) / adapter_dir.ADAPTER_WEIGHTS
+    blob = bytearray(weights.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    weights.write_bytes(bytes(blob))
+    for _ in range(2):
+        r = served.video(adapter=broken)  # by version: 'regional-bn' may still resolve to none (cached 0.5 s)
+        assert r.status_code == 503, r.text
+        assert f"adapter '{broken}' failed to load" in r.json()["detail"] and int(r.headers["retry-after"]) >= 1
+    failures = served.http.get("/v1/models", headers=AUTH).json()["standard"]["adapters"]["load_failures"]
+    assert failures[broken]["attempts"] == 1  # the second request was refused, not loaded again
+    assert served.video(adapter="regional-hi").status_code == 200  # other adapters keep serving
 
 
 def test_replicas_follow_the_registry_ab_pointer_live(served, adapters):

@@ -11,7 +11,7 @@ import pytest
 
 from aiprod.config import load_config
 from aiprod.serving import ModelHost
-from aiprod.serving.adapters import AdapterError, AdapterHost, LRUCache, resolve_adapter
+from aiprod.serving.adapters import AdapterError, AdapterHost, AdapterUnavailable, LRUCache, resolve_adapter
 from aiprod.serving.model_host import CURRENT, Served, pointer_target
 from tests.serve_app import V1, V2, make_registry, publish_adapter
 
@@ -88,6 +88,35 @@ def test_a_replica_loads_an_adapter_once_and_remembers_what_a_name_means(registr
             adapters.served("regional-bn", base)
     assert asked == ["regional-hi", "regional-bn"] and loaded == [HI.format("1.1.0")]
     assert adapters.info()["cached"] == [HI.format("1.1.0")]
+
+
+def test_an_adapter_that_fails_to_load_is_backed_off_from_not_reloaded_per_request(registry_root, monkeypatch):
+    cfg = load_config("tiny", [f"registry.root={registry_root}", "serve.load_retry_s=10",
+                               "serve.load_retry_max_s=15"])
+    tries = []
+
+    def broken(version, cfg, device):
+        tries.append(version)
+        if len(tries) < 3:
+            raise OSError("the adapter's safetensors is truncated")
+        return Served(None, version, version, version)
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    adapters = AdapterHost(cfg, loader=broken)
+    base = Served(None, V1, "production", "dir")
+    for _ in range(3):  # one load, then refusals until the retry time: not a load per request
+        with pytest.raises(AdapterUnavailable, match=r"'pib-.*regional-hi' failed to load \(OSError: the adapter's "
+                           r"safetensors is truncated\); this replica tries it again in 10s") as refused:
+            adapters.served("regional-hi", base)
+    assert tries == [HI.format("1.1.0")] and refused.value.retry_in_s == 10
+    assert adapters.info()["load_failures"][HI.format("1.1.0")]["attempts"] == 1
+    clock[0] += 10
+    with pytest.raises(AdapterUnavailable, match="again in 15s"):  # 10 s doubled, capped at 15
+        adapters.served("regional-hi", base)
+    clock[0] += 15
+    assert adapters.served("regional-hi", base).version == HI.format("1.1.0") and len(tries) == 3
+    assert adapters.info()["load_failures"] == {}
 
 
 def test_arm_b_follows_the_registry_ab_pointer(registry_root):

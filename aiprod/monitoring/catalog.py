@@ -47,7 +47,7 @@ SPECS: tuple[Spec, ...] = (
          ("reason",), serve=True),
     # --------------------------------------------------------------- Serve (generators)
     Spec("aiprod_model_load_failures", "counter", "model loads that failed (the replica keeps its model), by "
-         "the pointer named (production, latest, other)", ("pointer",), serve=True),
+         "the pointer named (production, latest, other) or adapter (a request's adapter)", ("pointer",), serve=True),
     Spec("aiprod_model_serving", "gauge", "1 for the model version each A/B arm of a replica serves, 0 once "
          "replaced", ("arm", "version"), serve=True),
     Spec("aiprod_model_ab_fraction", "gauge", "share of requests routed to arm b", (), serve=True),

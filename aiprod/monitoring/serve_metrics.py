@@ -99,7 +99,7 @@ def install(api: Any) -> None:
 
 def model_load_failed(spec: str | None) -> None:
     """A model load failed in a generator replica (aiprod.serving.model_host)."""
-    record("aiprod_model_load_failures", 1, pointer=spec if spec in MOVING_POINTERS else "other")
+    record("aiprod_model_load_failures", 1, pointer=spec if spec in (*MOVING_POINTERS, "adapter") else "other")
 
 
 def model_serving(a: Any, b: Any, fraction: float) -> None:

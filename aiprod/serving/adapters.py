@@ -20,13 +20,24 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from aiprod.config import Config
-from aiprod.serving.model_host import Served
+from aiprod.monitoring import serve_metrics
+from aiprod.serving.model_host import LoadFailure, Served
 
 K, V = TypeVar("K"), TypeVar("V")
 
 
 class AdapterError(ValueError):
     """A request's adapter names no adapter for the model serving it (answered 422, naming it)."""
+
+
+class AdapterUnavailable(RuntimeError):
+    """A request's adapter names an adapter that failed to load (answered 503 with Retry-After). The
+    replica backs off from it as from a failed model version (serve.load_retry_s, doubling per failure
+    up to load_retry_max_s) instead of loading it again for every request that names it."""
+
+    def __init__(self, message: str, retry_in_s: float):
+        super().__init__(message)
+        self.retry_in_s = retry_in_s
 
 
 class LRUCache(Generic[K, V]):
@@ -131,6 +142,7 @@ class AdapterHost:
         self.cache: LRUCache[str, Served] = LRUCache(cfg.serve.adapter_cache_size,
                                                      lambda version: loader(version, cfg, device))
         self._resolved: dict[tuple[str, str], tuple[float, str | AdapterError]] = {}
+        self.load_failures: dict[str, LoadFailure] = {}  # adapter version -> its last failed load
         self._lock = threading.Lock()
 
     def resolve(self, name: str, base: str) -> str:
@@ -151,12 +163,44 @@ class AdapterHost:
         return hit[1]
 
     def served(self, name: str, base: Served) -> Served:
-        """The loaded adapter `name` on `base` (loaded now, on the caller's thread, if not cached)."""
-        return self.cache.get(self.resolve(name, base.version))
+        """The loaded adapter `name` on `base` (loaded now, on the caller's thread, if not cached);
+        AdapterUnavailable while a failed load of it is backed off from."""
+        version = self.resolve(name, base.version)
+        with self._lock:
+            failure = self.load_failures.get(version)
+        if failure is not None and time.monotonic() < failure.retry_at:
+            raise self._unavailable(failure)
+        try:
+            served = self.cache.get(version)
+        except Exception as exc:  # noqa: BLE001 - any load error: a corrupt entry, a missing base, S3
+            s = self.cfg.serve
+            attempts = failure.attempts + 1 if failure is not None else 1
+            failure = LoadFailure(version, f"{type(exc).__name__}: {exc}", attempts,
+                                  time.monotonic() + min(s.load_retry_s * 2 ** (attempts - 1), s.load_retry_max_s))
+            with self._lock:
+                if len(self.load_failures) >= RESOLVED_MAX:
+                    self.load_failures.clear()
+                self.load_failures[version] = failure
+            serve_metrics.model_load_failed("adapter")
+            raise self._unavailable(failure) from exc
+        if failure is not None:
+            with self._lock:
+                self.load_failures.pop(version, None)
+        return served
+
+    @staticmethod
+    def _unavailable(failure: LoadFailure) -> AdapterUnavailable:
+        retry_in_s = max(0.0, failure.retry_at - time.monotonic())
+        return AdapterUnavailable(f"adapter {failure.target!r} failed to load ({failure.error}); this replica "
+                                  f"tries it again in {retry_in_s:.0f}s", retry_in_s)
 
     def info(self) -> dict[str, Any]:
+        with self._lock:
+            failures = {version: {"attempts": f.attempts, "error": f.error,
+                                  "retry_in_s": round(max(0.0, f.retry_at - time.monotonic()), 1)}
+                        for version, f in self.load_failures.items()}
         return {"cached": self.cache.keys(), "capacity": self.cache.capacity, "loads": self.cache.loads,
-                "evictions": self.cache.evictions}
+                "evictions": self.cache.evictions, "load_failures": failures}
 
 
 RESOLVED_MAX = 1024  # remembered adapter names per replica (bounds what odd names can fill)

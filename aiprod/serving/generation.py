@@ -19,7 +19,7 @@ import numpy as np
 from aiprod.config import Config
 from aiprod.emergency.render import AlertRequest, render_alert
 from aiprod.provenance.disclosure import burn_label
-from aiprod.serving.adapters import AdapterError, AdapterHost
+from aiprod.serving.adapters import AdapterError, AdapterHost, AdapterUnavailable
 from aiprod.serving.cost import CostModel, StepTimer, step_units
 from aiprod.serving.model_host import ModelHost, Served
 
@@ -70,7 +70,9 @@ class VideoJob:
 
 @dataclass
 class VideoResult:
-    status: str  # ok | deadline | no_model | bad_request | failed | too_costly (422) | busy (503) | bad_adapter (422)
+    # ok | deadline | no_model | bad_request | failed | too_costly (422) | busy (503) | bad_adapter (422) |
+    # adapter_unavailable (503: it failed to load and is backed off from for retry_after_s)
+    status: str
     mp4: bytes = b""
     version: str = ""
     arm: str = ""
@@ -82,6 +84,7 @@ class VideoResult:
     batch_size: int = 1
     message: str = ""
     adapter: str = ""  # the adapter version that answered (the base's is `version`)
+    retry_after_s: float | None = None
 
 
 class StandardBatchRunner:
@@ -122,9 +125,10 @@ def adapter_for(job: VideoJob, base: Served, adapters: AdapterHost | None) -> Se
         return adapters.served(job.adapter, base)
     except AdapterError as exc:
         return VideoResult("bad_adapter", message=str(exc))
-    except Exception as exc:  # noqa: BLE001 - the ingress answers 500 with the message
-        log.exception("adapter %s failed to load", job.adapter)
-        return VideoResult("failed", message=f"adapter {job.adapter!r} failed to load: {type(exc).__name__}: {exc}")
+    except AdapterUnavailable as exc:
+        if exc.__cause__ is not None:  # this request's load failed; later ones are refused until the retry
+            log.error("%s", exc, exc_info=exc.__cause__)
+        return VideoResult("adapter_unavailable", message=str(exc), retry_after_s=exc.retry_in_s)
 
 
 def run_standard_batch(host: ModelHost, jobs: list[VideoJob], cfg: Config,
