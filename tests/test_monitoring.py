@@ -165,12 +165,16 @@ def test_each_answer_status_feeds_its_counters(monkeypatch):
                                                    "x-fallback-reason": "overloaded"}, 0.2)
     serve_metrics.record_answer("emergency", 200, {"x-generation-mode": "template", "x-provenance": "signed",
                                                    "x-fallback-reason": "overloaded"}, 0.2)
+    serve_metrics.record_answer("videos", 200, {"x-generation-mode": "standard", "x-model-version": "v1",
+                                                "x-ab-arm": "b", "x-adapter": "v1.1-regional-hi"}, 0.5)
     names = [name for name, _ in seen]
+    assert seen.count(("aiprod_serve_model_answers", {"endpoint": "videos", "version": "v1", "arm": "b",
+                                                      "adapter": "v1.1-regional-hi"})) == 1
     assert names.count("aiprod_serve_rejected") == 1 and names.count("aiprod_serve_deadline_missed") == 1
     assert seen.count(("aiprod_serve_template_fallbacks", {"reason": "overloaded"})) == 2
     assert seen.count(("aiprod_emergency_unsigned", {"reason": "signing_failed"})) == 1
     assert ("aiprod_serve_requests", {"endpoint": "emergency", "status": "200", "path": "template"}) in seen
-    assert "aiprod_serve_model_answers" not in names  # a template card is not a model's answer
+    assert names.count("aiprod_serve_model_answers") == 1  # a template card is not a model's answer
 
 
 # ------------------------------------------------------------------- deploy/ rule files

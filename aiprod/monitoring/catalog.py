@@ -41,8 +41,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("aiprod_serve_deadline_missed", "counter", "504 answers (the deadline passed)", ("endpoint",), serve=True),
     Spec("aiprod_serve_template_fallbacks", "counter", "emergency alerts answered by the template card, by "
          "reason (a bounded set: monitoring.serve_metrics.FALLBACK_REASONS)", ("reason",), serve=True),
-    Spec("aiprod_serve_model_answers", "counter", "answers made by a model, by endpoint, model version and A/B arm",
-         ("endpoint", "version", "arm"), serve=True),
+    Spec("aiprod_serve_model_answers", "counter", "answers made by a model, by endpoint, model version, A/B arm "
+         "and adapter (a registry version, '' for none)", ("endpoint", "version", "arm", "adapter"), serve=True),
     Spec("aiprod_emergency_unsigned", "counter", "emergency alerts sent without content credentials, by reason",
          ("reason",), serve=True),
     # --------------------------------------------------------------- Serve (generators)

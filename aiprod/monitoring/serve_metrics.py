@@ -59,7 +59,7 @@ def record_answer(endpoint: str, status: int, headers: dict[str, str], seconds: 
         record("aiprod_serve_template_fallbacks", 1, reason=fallback_label(headers.get("x-fallback-reason", "")))
     elif path != "none" and status == 200:
         record("aiprod_serve_model_answers", 1, endpoint=endpoint, version=headers.get("x-model-version", ""),
-               arm=headers.get("x-ab-arm", "a"))
+               arm=headers.get("x-ab-arm", "a"), adapter=headers.get("x-adapter", ""))
 
 
 class MetricsMiddleware:
