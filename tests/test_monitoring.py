@@ -185,7 +185,7 @@ def test_the_alert_rules_are_well_formed_and_name_only_exported_metrics():
     assert rules_check.check_rules(rules) == []
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
     assert {"EmergencyAnsweredByTemplate", "EmergencyServerError", "ServeRejectingRequests", "TrainingStalled",
-            "TrainingNaNStreak", "TrainingDataStarved"} <= alerts
+            "TrainingRunVanished", "TrainingNaNStreak", "TrainingDataStarved"} <= alerts
     checked = rules_check.promtool(rules_check.RULES_FILE)  # None where Debian's promtool is not installed
     assert checked is None or checked[0], checked
 
@@ -210,6 +210,8 @@ ALERT_CASES = {
          R + 'serve_requests_total{endpoint="videos", path="standard", status="200"}': "0+10x30"}),
     "TrainingStalled": ({R + 'train_last_step_time_seconds{run="r"}': "0x30"},  # time() is 900 at 15m
                         {R + 'train_last_step_time_seconds{run="r"}': "0+60x30"}),
+    "TrainingRunVanished": ({R + 'train_eta_seconds{run="r"}': "900-10x8 _x22"},  # gone at 8m with 820 s left
+                            {R + 'train_eta_seconds{run="r"}': "240-30x8 _x22"}),  # gone at 8m, its phase done
     "TrainingNaNStreak": ({R + 'train_nan_skips_total{run="r"}': "0x12 1 2x17"},
                           {R + 'train_nan_skips_total{run="r"}': "0x30"}),
     "TrainingDataStarved": ({R + 'train_data_wait_share{run="r"}': "0.7x30"},
