@@ -179,23 +179,35 @@ def load(uri: str | os.PathLike, check: bool = True, registry_root: str | None =
     if problems:
         raise CheckpointError(f"checkpoint {uri}: " + "; ".join(problems))
     cfg = read_config(uri)
-    blob = storage.read_bytes(weights_file(uri))
-    version = _safetensors_metadata(blob).get("version", DEFAULT_VERSION)
     other = alternate_file(uri) if alternate else None
     if alternate and other is None:
         raise CheckpointError(f"checkpoint {uri}: no alternate weights ({' or '.join(ALTERNATES)})")
+    version = weights_metadata(weights_file(uri)).get("version", DEFAULT_VERSION)  # the header only
     if adapter_dir.is_adapter_dir(uri):
         try:
             return cfg, adapter_dir.merged_weights(uri, registry_root, other), version
         except (adapter_dir.AdapterBaseError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {uri}: {exc}") from None
-    return cfg, load_safetensors(storage.read_bytes(storage.join(uri, other)) if other else blob), version
+    return cfg, load_safetensors(storage.read_bytes(storage.join(uri, other) if other else weights_file(uri))), version
 
 
-def _safetensors_metadata(blob: bytes) -> dict[str, Any]:
-    """The `__metadata__` of a safetensors blob (8-byte little-endian header length, JSON header)."""
-    header_len = int.from_bytes(blob[:8], "little")
-    return json.loads(blob[8 : 8 + header_len]).get("__metadata__") or {}
+def read_safetensors_header(stream, where: str) -> dict[str, Any]:
+    """The JSON header at the start of a safetensors stream (8-byte little-endian length, then JSON),
+    leaving the stream at the tensor bytes; ValueError naming `where` if it is not one."""
+    head = stream.read(8)
+    if len(head) != 8:
+        raise ValueError(f"{where} is not a safetensors file (too short)")
+    try:
+        return json.loads(stream.read(int.from_bytes(head, "little")))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{where} is not a safetensors file (bad header)") from None
+
+
+def weights_metadata(uri: str | os.PathLike) -> dict[str, Any]:
+    """The `__metadata__` of a safetensors file (its version), read without its tensors."""
+    fs, path = storage.open_fs(uri)
+    with fs.open_input_stream(path) as stream:
+        return read_safetensors_header(stream, str(uri)).get("__metadata__") or {}
 
 
 # ----------------------------------------------------------------------------- finding

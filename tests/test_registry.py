@@ -158,6 +158,21 @@ def test_publish_refuses_a_corrupt_checkpoint(tmp_path, checkpoint):
     assert Registry(tmp_path / "reg").versions() == []
 
 
+def test_publish_names_weights_that_are_not_safetensors(tmp_path, checkpoint):
+    import shutil
+
+    from aiprod.model_dir import WEIGHTS
+
+    for blob, says in ((b"short", "too short"), (b"\x10" + b"\x00" * 7 + b"not json, just bytes", "bad header")):
+        broken = tmp_path / f"broken-{len(blob)}"
+        shutil.copytree(checkpoint, broken)
+        (broken / WEIGHTS).write_bytes(blob)
+        manifest.write_manifest(broken)  # intact as far as the manifest knows
+        with pytest.raises(RegistryError, match=f"{WEIGHTS} is not a safetensors file \\({says}\\)"):
+            Registry(tmp_path / "reg").publish(broken, V.format("0.1.0"))
+    assert Registry(tmp_path / "reg").versions() == []
+
+
 def test_concurrent_publishers_cannot_both_win(root, checkpoint, reports):
     """Eight threads publish the same version at once; the advisory existence check is disabled so
     every thread reaches the create-only commit (rename locally, conditional PUT on S3)."""

@@ -11,7 +11,7 @@ from typing import Any
 from aiprod import manifest, storage
 from aiprod.registry.errors import IntegrityError, RegistryError
 from aiprod.adapter_dir import ADAPTER_META
-from aiprod.model_dir import CONFIG, STATE, weights_file
+from aiprod.model_dir import CONFIG, STATE, read_safetensors_header, weights_file
 from aiprod.registry.names import ENTRY, REPORT
 from aiprod.registry.stamps import actor, now
 
@@ -65,14 +65,10 @@ def copy_stamped_weights(src_uri: str, dst: Path, version: str) -> None:
     (only the JSON header changes, so the copy costs no more memory than a chunk)."""
     fs, path = storage.open_fs(src_uri)
     with fs.open_input_stream(path) as src, open(dst, "wb") as out:
-        head = src.read(8)
-        if len(head) != 8:
-            raise RegistryError(f"registry: {src_uri} is not a safetensors file (too short)")
-        header_len = int.from_bytes(head, "little")
         try:
-            header = json.loads(src.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RegistryError(f"registry: {src_uri} is not a safetensors file (bad header)") from None
+            header = read_safetensors_header(src, src_uri)
+        except ValueError as exc:
+            raise RegistryError(f"registry: {exc}") from None
         header["__metadata__"] = {**(header.get("__metadata__") or {}), "version": version}
         encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
         encoded += b" " * (-len(encoded) % 8)  # keep the tensor data 8-byte aligned
