@@ -76,7 +76,13 @@ def check_finished_run(run: str, cfg, zero_stage: int) -> dict:
             assert storage.exists(storage.join(run, rel)), rel
     final = storage.join(run, "final")
     assert verify_manifest(final) == []
-    assert storage.exists(storage.join(run, "samples", "final.mp4"))
+    from aiprod.provenance import verify_bytes
+
+    final_sample = verify_bytes(storage.read_bytes(storage.join(run, "samples", "final.mp4")))  # signed like any
+    assert final_sample["valid"] and final_sample["mode"] == "standard", final_sample
+    assert final_sample["notes"] == [f"training sample final of run {run.rstrip('/').rsplit('/', 1)[-1]}"]
+    vae_sample = verify_bytes(storage.read_bytes(storage.join(run, "samples", f"phase0-{phases[0].name}.mp4")))
+    assert vae_sample["valid"] and vae_sample["mode"] == "vae_reconstruction", vae_sample
     assert any("tfevents" in f for f in storage.list_files(storage.join(run, "tensorboard")))
     # retention: num_to_keep committed checkpoints, no orphans left behind
     names = ckpt.list_checkpoints(run)

@@ -1,7 +1,7 @@
 """The files rank 0 leaves in a run's directory besides checkpoints and metrics:
 
     phases/phaseI-NAME.json        the phase's summary (steps, losses, probe loss, exit reason)
-    samples/phaseI-NAME.mp4        a clip after the phase (VAE: [input | reconstruction]; denoiser: generated)
+    samples/phaseI-NAME.mp4        a clip after the phase (VAE: [input | reconstruction]; denoiser: generated), signed
     samples/phaseI-NAME-frames.png its contact sheet; samples/phaseI-NAME-loss.png its loss curve
     best/phaseI-NAME/              the weights at the phase's best evaluated loss (checkpoint.keep_best)
     summary.json                   the run so far (status: running, finished or bad_data)
@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from aiprod.training.run_log import write_file
 SUMMARY_FILE = "summary.json"
 FINAL_DIR = "final"
 BEST_DIR = "best"
+
+log = logging.getLogger(__name__)
 
 
 def sample_clip(cfg: Config, model: nn.Module, phase: PhaseConfig) -> np.ndarray:
@@ -60,6 +63,7 @@ class RunOutputs:
     def __init__(self, cfg: Config, run_uri: str, session: str, world: int, nodes: list[str]):
         self.cfg, self.run_uri, self.session, self.world, self.nodes = cfg, run_uri, session, world, nodes
         self.final_weights: str | None = None  # which weights final/ holds: raw or ema (set once written)
+        self._provenance = None  # aiprod.provenance.Provenance, made at the first sample
 
     def phase_end(self, i: int, phase: PhaseConfig, prog: PhaseProgress, frames: np.ndarray | None,
                   best_state: dict[str, torch.Tensor] | None) -> None:
@@ -70,7 +74,7 @@ class RunOutputs:
         if best_state is not None:
             self.write_best(stem, {"phase": i, "name": phase.name, "best_loss": prog.best_loss,
                                    "best_step": prog.best_step}, best_state)
-        self.write_video(frames, f"samples/{stem}", phase.fps)
+        self.write_video(frames, f"samples/{stem}", phase.fps, phase.component)
 
     def write_best(self, stem: str, record: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -79,8 +83,8 @@ class RunOutputs:
             write_manifest(tmp)
             storage.upload_dir(tmp, storage.join(self.run_uri, BEST_DIR, stem))
 
-    def write_video(self, frames: np.ndarray | None, stem: str, fps: float) -> None:
-        """STEM.mp4 and its contact sheet STEM-frames.png."""
+    def write_video(self, frames: np.ndarray | None, stem: str, fps: float, component: str = "denoiser") -> None:
+        """STEM.mp4 (signed) and its contact sheet STEM-frames.png."""
         if frames is None:
             return
         from aiprod.data.video_encode import write_mp4
@@ -88,8 +92,28 @@ class RunOutputs:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "sample.mp4"
             write_mp4(frames, path, fps)
+            self.sign_sample(path, stem, component)
             storage.put_file(path, storage.join(self.run_uri, f"{stem}.mp4"))
         write_file(self.run_uri, f"{stem}-frames.png", contact_sheet_png(frames, self.cfg.train.contact_sheet_frames))
+
+    def sign_sample(self, path: Path, stem: str, component: str) -> None:
+        """Content credentials, as on every video AIPROD makes (`make run` hands samples/final.mp4 out
+        as its sample). A sample that cannot be signed is logged and kept: it never stops a run."""
+        from aiprod.provenance import Facts, Provenance
+
+        run, stem = self.run_uri.rstrip("/").rsplit("/", 1)[-1], stem.rsplit("/", 1)[-1]
+        if component == "vae":
+            facts = Facts("model", "vae_reconstruction", "en", "", notes=(
+                f"training sample {stem} of run {run}: a training clip beside its VAE reconstruction",))
+        else:
+            facts = Facts("model", "standard", "en", self.cfg.train.sample_prompt,
+                          notes=(f"training sample {stem} of run {run}",))
+        try:
+            if self._provenance is None:
+                self._provenance = Provenance(self.cfg.provenance)
+            self._provenance.sign_file(path, facts)
+        except Exception as exc:  # noqa: BLE001 - keys missing or refused, the native signer failing
+            log.warning("training sample %s left unsigned: %s: %s", stem, type(exc).__name__, exc)
 
     def write_summary(self, cur: Curriculum, status: str, error: str | None = None) -> None:
         summary = {"run": self.run_uri, "session": self.session, "status": status, **({"error": error} if error else {}),
