@@ -173,10 +173,7 @@ class AdapterHost:
         try:
             served = self.cache.get(version)
         except Exception as exc:  # noqa: BLE001 - any load error: a corrupt entry, a missing base, S3
-            s = self.cfg.serve
-            attempts = failure.attempts + 1 if failure is not None else 1
-            failure = LoadFailure(version, f"{type(exc).__name__}: {exc}", attempts,
-                                  time.monotonic() + min(s.load_retry_s * 2 ** (attempts - 1), s.load_retry_max_s))
+            failure = LoadFailure.after(version, f"{type(exc).__name__}: {exc}", failure, self.cfg.serve)
             with self._lock:
                 if len(self.load_failures) >= RESOLVED_MAX:
                     self.load_failures.clear()
@@ -190,15 +187,13 @@ class AdapterHost:
 
     @staticmethod
     def _unavailable(failure: LoadFailure) -> AdapterUnavailable:
-        retry_in_s = max(0.0, failure.retry_at - time.monotonic())
+        retry_in_s = failure.retry_in_s
         return AdapterUnavailable(f"adapter {failure.target!r} failed to load ({failure.error}); this replica "
                                   f"tries it again in {retry_in_s:.0f}s", retry_in_s)
 
     def info(self) -> dict[str, Any]:
         with self._lock:
-            failures = {version: {"attempts": f.attempts, "error": f.error,
-                                  "retry_in_s": round(max(0.0, f.retry_at - time.monotonic()), 1)}
-                        for version, f in self.load_failures.items()}
+            failures = {version: f.describe() for version, f in self.load_failures.items()}
         return {"cached": self.cache.keys(), "capacity": self.cache.capacity, "loads": self.cache.loads,
                 "evictions": self.cache.evictions, "load_failures": failures}
 

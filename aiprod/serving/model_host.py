@@ -33,12 +33,29 @@ CURRENT = "current"  # apply_in_background(CURRENT): re-apply the config in forc
 
 @dataclass
 class LoadFailure:
-    """A followed pointer's version that failed to load: not tried again before `retry_at` (monotonic)."""
+    """A version that failed to load (a followed pointer's, or a request's adapter): not tried again before
+    `retry_at` (monotonic)."""
 
     target: str | None
     error: str
     attempts: int
     retry_at: float
+
+    @classmethod
+    def after(cls, target: str | None, error: str, previous: LoadFailure | None, serve: Any) -> LoadFailure:
+        """The failure to load `target` now: retried after serve.load_retry_s, doubling per failure of
+        the same target in a row up to serve.load_retry_max_s (an S3 entry is a full download per try)."""
+        attempts = previous.attempts + 1 if previous is not None and previous.target == target else 1
+        wait_s = min(serve.load_retry_s * 2 ** (attempts - 1), serve.load_retry_max_s)
+        return cls(target, error, attempts, time.monotonic() + wait_s)
+
+    @property
+    def retry_in_s(self) -> float:
+        return max(0.0, self.retry_at - time.monotonic())
+
+    def describe(self) -> dict[str, Any]:
+        return {"target": self.target, "attempts": self.attempts, "error": self.error,
+                "retry_in_s": round(self.retry_in_s, 1)}
 
 
 @dataclass(frozen=True)
@@ -133,8 +150,7 @@ class ModelHost:
         self.load_failures: dict[str, LoadFailure] = {}  # moving pointer spec -> its failed target
 
     def _failed(self, spec: str, message: str) -> None:
-        """Back off from a moving pointer whose version fails to load: load_retry_s, doubling per
-        failure of the same target up to load_retry_max_s (an S3 entry is a full download per try)."""
+        """Back off from a moving pointer whose version fails to load (LoadFailure.after)."""
         serve_metrics.model_load_failed(spec)
         if spec not in FOLLOWED:
             return
@@ -142,11 +158,7 @@ class ModelHost:
             target = pointer_target(spec, self.cfg)
         except Exception:  # noqa: BLE001 - the registry itself is unreadable
             target = None
-        old = self.load_failures.get(spec)
-        attempts = old.attempts + 1 if old is not None and old.target == target else 1
-        s = self.cfg.serve
-        wait_s = min(s.load_retry_s * 2 ** (attempts - 1), s.load_retry_max_s)
-        self.load_failures[spec] = LoadFailure(target, message, attempts, time.monotonic() + wait_s)
+        self.load_failures[spec] = LoadFailure.after(target, message, self.load_failures.get(spec), self.cfg.serve)
 
     def _get(self, spec: str | None, keep: list[Served | None]) -> Served | None:
         if spec is None:
@@ -302,9 +314,7 @@ class ModelHost:
             "b": describe(self.b),
             "ab_fraction": self.fraction,
             "error": self.error,
-            "load_failures": {spec: {"target": f.target, "attempts": f.attempts, "error": f.error,
-                                     "retry_in_s": round(max(0.0, f.retry_at - time.monotonic()), 1)}
-                              for spec, f in self.load_failures.items()},
+            "load_failures": {spec: f.describe() for spec, f in self.load_failures.items()},
             "fault": self.fault.model_dump(),
             "updated_at": self.updated_at,
             "loading": self.pending,
