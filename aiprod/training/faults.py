@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from aiprod import storage
@@ -45,7 +46,22 @@ class FaultInjector:
         marker = storage.join(self.run_uri, KILL_MARKER)
         if storage.exists(marker):
             return
+        self._wait_for_commit(at)
         storage.write_text_atomic(marker, f"killed rank {self.rank} at global step {at}\n")
         sys.stdout.write(f"fault injection: SIGKILL rank {self.rank} at global step {at}\n")
         sys.stdout.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+
+    def _wait_for_commit(self, step: int, timeout_s: float = 60.0) -> None:
+        """Until Ray Train has committed the newest checkpoint written before `step`. A worker killed
+        within about a second of a report restarts from the checkpoint before it (Ray Train had not
+        committed the newest yet), so without this wait which checkpoint a test resumes from would
+        depend on the machine's speed."""
+        from aiprod.training.checkpoint import committed_names, list_checkpoints, parse_name
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            written = [name for name in list_checkpoints(self.run_uri) if parse_name(name)[0] < step]
+            if not written or written[0] in (committed_names(self.run_uri) or set()):
+                return
+            time.sleep(0.2)
